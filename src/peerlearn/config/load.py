@@ -1,0 +1,165 @@
+"""Load a config from TOML, apply ``--set key=value`` overrides, validate, and report errors.
+
+Errors become one line that names the key, the offending value and what is allowed, so the CLI can
+print it and exit with status 2 instead of dumping a traceback.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, get_args
+
+import tomli_w
+from pydantic import BaseModel, ValidationError
+
+from peerlearn.config.schema import ExperimentConfig
+
+
+class ConfigError(Exception):
+    """A config problem, already phrased for the user (one line)."""
+
+
+def quickstart_toml() -> str:
+    """The built-in quickstart experiment (digits, 16 nodes, a few stragglers)."""
+    return resources.files("peerlearn.config").joinpath("quickstart.toml").read_text()
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b=1`` -> (["a", "b"], 1); values are TOML literals, bare words are strings."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(
+            f"--set {item!r}: expected key=value with a dotted key, e.g. train.lr=0.1"
+        )
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word such as ring or divshare
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                dotted = ".".join(path)
+                raise ConfigError(f"--set {dotted}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def validate(raw: dict[str, Any]) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_error(exc, raw)) from None
+
+
+def load_config(
+    path: Path | str | None = None, overrides: list[str] | None = None
+) -> ExperimentConfig:
+    """The validated config of ``path`` (or the quickstart when None) with overrides applied."""
+    raw = read_toml(Path(path)) if path is not None else tomllib.loads(quickstart_toml())
+    return validate(apply_overrides(raw, overrides or []))
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The resolved config as TOML (unset optional values are left out: TOML has no null)."""
+    return tomli_w.dumps(_drop_none(cfg.model_dump(mode="json")))
+
+
+def _drop_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Error formatting
+
+
+def format_error(exc: ValidationError, raw: dict[str, Any]) -> str:
+    """One line for the first error: ``config: key = value: what is wrong/allowed``."""
+    err = exc.errors()[0]
+    loc = _clean_loc(err["loc"])
+    key = ".".join(str(p) for p in loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1], raw)
+        where = f"section [{'.'.join(map(str, loc[:-1]))}]" if len(loc) > 1 else "top level"
+        return (
+            f"config: unknown key {key!r} ({where}); allowed: {', '.join(allowed)}"
+            if allowed
+            else f"config: unknown key {key!r}"
+        )
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind == "union_tag_invalid":
+        tag = err["ctx"].get("tag")
+        expected = err["ctx"].get("expected_tags")
+        return f"config: {key}.name = {tag!r}: unknown algorithm; allowed: {expected}"
+    if kind == "literal_error":
+        msg = f"not allowed; allowed: {err['ctx']['expected']}"
+    if not loc or kind == "value_error":
+        return f"config: {'[' + key + '] ' if key else ''}{msg}"
+    return f"config: {key} = {_show(err.get('input'))}: {msg}"
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    # discriminated unions put the tag into the path (algorithm.dpsgd.key): drop it
+    if len(loc) >= 2 and loc[0] == "algorithm" and isinstance(loc[1], str):
+        tags = [get_args(m.model_fields["name"].annotation)[0] for m in _algorithm_models()]
+        if loc[1] in tags:
+            return (loc[0], *loc[2:])
+    return tuple(loc)
+
+
+def _algorithm_models() -> list[type[BaseModel]]:
+    ann = ExperimentConfig.model_fields["algorithm"].annotation
+    members = get_args(ann) or (ann,)
+    return [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+
+
+def _allowed_keys(section: tuple, raw: dict[str, Any]) -> list[str]:
+    model: type[BaseModel] = ExperimentConfig
+    for part in section:
+        if part == "algorithm":
+            name = (raw.get("algorithm") or {}).get("name", "dpsgd")
+            matches = [
+                m
+                for m in _algorithm_models()
+                if get_args(m.model_fields["name"].annotation)[0] == name
+            ]
+            if not matches:
+                return []
+            model = matches[0]
+            continue
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return sorted(model.model_fields)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

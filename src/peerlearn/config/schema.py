@@ -1,0 +1,171 @@
+"""The experiment spec: typed, validated sections that mirror the TOML file.
+
+Every section forbids unknown keys, so a typo is an error rather than a silently ignored setting.
+Names of datasets, models, partitions, topologies, presets and algorithms are closed sets here, so a
+wrong name is reported with the list of allowed ones.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DatasetName = Literal["digits", "synthetic", "cifar10", "fashion_mnist", "movielens"]
+ModelName = Literal["mlp", "gn_lenet", "matrix_factorization"]
+PartitionName = Literal["iid", "kshard", "dirichlet", "by_user"]
+TopologyName = Literal["ring", "regular", "full", "small_world", "file"]
+PresetName = Literal["uniform", "stragglers", "ideal"]
+
+PosInt = Annotated[int, Field(gt=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    dataset: DatasetName = "digits"
+    root: str | None = None
+    variant: str | None = None
+    partition: PartitionName = "iid"
+    shards: PosInt = 2
+    alpha: PosFloat = 1.0
+    min_samples: PosInt = 2
+    download: bool = True
+    synthetic: dict[str, int] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.partition == "by_user" and self.dataset != "movielens":
+            raise ValueError(f"partition 'by_user' needs dataset 'movielens', not {self.dataset!r}")
+        if self.dataset == "movielens" and self.variant not in (
+            None,
+            "ml-latest-small",
+            "ml-100k",
+        ):
+            raise ValueError(
+                f"variant {self.variant!r} is not a MovieLens variant; "
+                "allowed: 'ml-latest-small', 'ml-100k'"
+            )
+        return self
+
+
+class ModelConfig(Section):
+    name: ModelName = "mlp"
+    hidden: list[PosInt] = Field(default_factory=lambda: [64])
+    factors: PosInt = 20
+
+
+class TrainConfig(Section):
+    batch_size: PosInt = 8
+    lr: PosFloat = 0.05
+    local_steps: PosInt = 10
+
+
+class ComputeConfig(Section):
+    step_time_s: PosFloat = 0.01
+    # compute stragglers: either explicit per-node factors or `stragglers` nodes slowed `slowdown`x
+    factors: list[PosFloat] | None = None
+    stragglers: Annotated[int, Field(ge=0)] = 0
+    slowdown: Annotated[float, Field(ge=1)] = 1.0
+    straggler_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    device: Literal["cpu", "cuda"] = "cpu"
+    # false: every job is trained alone with a plain nn.Module + SGD (reference path, slow)
+    batched: bool = True
+
+
+class NetworkConfig(Section):
+    preset: PresetName = "uniform"
+    mbps: PosFloat = 100.0
+    fast_mbps: PosFloat = 60.0
+    slowdown: Annotated[float, Field(ge=1)] = 5.0
+    stragglers: Annotated[int, Field(ge=0)] = 0
+    straggler_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    latency_ms: NonNegFloat = 1.0
+
+
+class TopologyConfig(Section):
+    kind: TopologyName = "regular"
+    degree: PosInt = 4
+    rewire_p: Annotated[float, Field(ge=0, le=1)] = 0.1
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TopologyConfig:
+        if self.kind == "file" and not self.path:
+            raise ValueError("topology kind 'file' needs topology.path (an edge-list file)")
+        return self
+
+
+class DPSGDConfig(Section):
+    """Synchronous D-PSGD: train, send the full model to every neighbour, wait, MH-average."""
+
+    name: Literal["dpsgd"] = "dpsgd"
+
+
+AlgorithmConfig = Annotated[DPSGDConfig, Field(discriminator="name")]
+
+
+class StopConfig(Section):
+    virtual_time_s: PosFloat | None = 60.0
+    iterations: PosInt | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> StopConfig:
+        if self.virtual_time_s is None and self.iterations is None:
+            raise ValueError("set stop.virtual_time_s or stop.iterations (or both)")
+        return self
+
+
+class EvalConfig(Section):
+    every_s: PosFloat = 5.0
+    test_samples: PosInt | None = None
+    nodes: PosInt | None = None
+    batch_size: PosInt = 500
+    targets: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: [0.5, 0.8, 0.9]
+    )
+
+
+class ExperimentConfig(Section):
+    name: str = "run"
+    seed: Annotated[int, Field(ge=0)] = 1
+    nodes: Annotated[int, Field(ge=2, le=100_000)] = 16
+    engine: Literal["sim"] = "sim"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    topology: TopologyConfig = Field(default_factory=TopologyConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=DPSGDConfig)
+    stop: StopConfig = Field(default_factory=StopConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ExperimentConfig:
+        n = self.nodes
+        for section, ids in (
+            ("compute", self.compute.straggler_ids),
+            ("network", self.network.straggler_ids),
+        ):
+            if ids is not None and any(i >= n for i in ids):
+                raise ValueError(f"{section}.straggler_ids {ids} has ids >= nodes ({n})")
+        if self.compute.factors is not None and len(self.compute.factors) != n:
+            raise ValueError(
+                f"compute.factors has {len(self.compute.factors)} entries; need one per node ({n})"
+            )
+        if self.compute.stragglers > n or self.network.stragglers > n:
+            raise ValueError(f"more stragglers than nodes ({n})")
+        if self.eval.nodes is not None and self.eval.nodes > n:
+            raise ValueError(f"eval.nodes = {self.eval.nodes} is more than nodes ({n})")
+        if self.model.name == "matrix_factorization" and self.data.dataset != "movielens":
+            raise ValueError("model 'matrix_factorization' needs dataset 'movielens'")
+        if self.data.dataset == "movielens" and self.model.name != "matrix_factorization":
+            raise ValueError("dataset 'movielens' needs model 'matrix_factorization'")
+        if self.model.name == "gn_lenet" and self.data.dataset not in ("cifar10", "fashion_mnist"):
+            raise ValueError("model 'gn_lenet' needs an image dataset (cifar10, fashion_mnist)")
+        return self
