@@ -1,0 +1,135 @@
+"""Test-set evaluation of many nodes at once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import vmap
+
+from peerlearn.models.zoo import ModelSpec
+
+
+class BatchedEvaluator:
+    """Evaluates (K, P) node vectors on a test set, ``node_chunk`` nodes x ``batch_size`` samples
+    per vmapped forward, which bounds memory while keeping the calls large."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        test_x: torch.Tensor,
+        test_y: torch.Tensor,
+        *,
+        batch_size: int = 500,
+        node_chunk: int = 16,
+        device: str = "cpu",
+    ) -> None:
+        if batch_size < 1 or node_chunk < 1:
+            raise ValueError(
+                f"batch_size and node_chunk must be >= 1, got {batch_size}, {node_chunk}"
+            )
+        self.spec = spec
+        self.device = torch.device(device)
+        self.test_x = test_x.to(self.device)
+        self.test_y = test_y.to(self.device)
+        self.batch_size = batch_size
+        self.node_chunk = node_chunk
+        # Shared samples for every node / own samples per node.
+        self._shared = vmap(spec.forward, in_dims=(0, None))
+        self._own = vmap(spec.forward, in_dims=(0, 0))
+
+    @torch.inference_mode()
+    def evaluate(
+        self,
+        params: torch.Tensor,
+        test_indices: Sequence[np.ndarray] | None = None,
+        subset: np.ndarray | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Per-node metrics as (K,) float64 CPU tensors.
+
+        ``test_indices``: one index array per node (local test sets, lengths may differ); else
+        every node uses the shared test set, restricted to ``subset`` if given.
+        Classification: ``acc`` (fraction correct), ``loss`` (mean cross-entropy).
+        Regression: ``loss`` (MSE), ``rmse``, ``acc`` (share of predictions that, clipped to
+        [0.5, 5] and rounded to the nearest 0.5, equal the rating). A node with no test samples
+        gets NaN.
+        """
+        k = params.shape[0]
+        if test_indices is not None and len(test_indices) != k:
+            raise ValueError(f"{len(test_indices)} local test sets for {k} nodes")
+        loss_sum = torch.zeros(k, dtype=torch.float64)
+        hit_sum = torch.zeros(k, dtype=torch.float64)
+        count = torch.zeros(k, dtype=torch.float64)
+        for lo in range(0, k, self.node_chunk):
+            hi = min(lo + self.node_chunk, k)
+            chunk = params[lo:hi].to(self.device, torch.float32)
+            if test_indices is None:
+                idx = self._shared_indices(subset)
+                sums = self._eval_shared(chunk, idx)
+            else:
+                sums = self._eval_own(chunk, test_indices[lo:hi])
+            loss_sum[lo:hi], hit_sum[lo:hi], count[lo:hi] = (s.cpu() for s in sums)
+        loss = loss_sum / count  # 0/0 -> NaN for empty test sets
+        out = {"loss": loss, "acc": hit_sum / count}
+        if self.spec.task == "regression":
+            out["rmse"] = loss.sqrt()
+        return out
+
+    def _shared_indices(self, subset: np.ndarray | None) -> torch.Tensor:
+        if subset is None:
+            return torch.arange(len(self.test_y), device=self.device)
+        return torch.as_tensor(np.asarray(subset, dtype=np.int64), device=self.device)
+
+    def _eval_shared(
+        self, chunk: torch.Tensor, idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = chunk.shape[0]
+        loss_sum = torch.zeros(n, dtype=torch.float64, device=self.device)
+        hit_sum = torch.zeros_like(loss_sum)
+        for s in range(0, len(idx), self.batch_size):
+            b = idx[s : s + self.batch_size]
+            out = self._shared(chunk, self.test_x[b])  # (n, b, ...)
+            y = self.test_y[b].expand(n, *self.test_y[b].shape)
+            losses, hits = self._per_sample(out, y)
+            loss_sum += losses.sum(1)
+            hit_sum += hits.sum(1)
+        count = torch.full_like(loss_sum, float(len(idx)))
+        return loss_sum, hit_sum, count
+
+    def _eval_own(
+        self, chunk: torch.Tensor, indices: Sequence[np.ndarray]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Pad every node's index list to the longest (with sample 0) and mask the padding out.
+        n = chunk.shape[0]
+        lengths = [len(ix) for ix in indices]
+        width = max(lengths, default=0)
+        pad = np.zeros((n, width), dtype=np.int64)
+        for i, ix in enumerate(indices):
+            pad[i, : len(ix)] = np.asarray(ix, dtype=np.int64)
+        idx = torch.from_numpy(pad).to(self.device)
+        length = torch.tensor(lengths, device=self.device)
+        mask = torch.arange(width, device=self.device)[None, :] < length[:, None]
+        loss_sum = torch.zeros(n, dtype=torch.float64, device=self.device)
+        hit_sum = torch.zeros_like(loss_sum)
+        for s in range(0, width, self.batch_size):
+            b = idx[:, s : s + self.batch_size]
+            m = mask[:, s : s + self.batch_size]
+            out = self._own(chunk, self.test_x[b])
+            losses, hits = self._per_sample(out, self.test_y[b])
+            loss_sum += torch.where(m, losses, 0.0).sum(1)
+            hit_sum += torch.where(m, hits, 0.0).sum(1)
+        return loss_sum, hit_sum, length.to(torch.float64)
+
+    def _per_sample(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(nodes, batch) per-sample loss and hit (1.0/0.0), in float64."""
+        if self.spec.task == "classification":
+            flat = out.reshape(-1, out.shape[-1])
+            loss = F.cross_entropy(flat, y.reshape(-1), reduction="none").view(y.shape)
+            hit = out.argmax(-1) == y
+        else:
+            loss = (out - y) ** 2
+            rounded = torch.round(out.clamp(0.5, 5.0) * 2) / 2
+            hit = rounded == y
+        return loss.double(), hit.double()

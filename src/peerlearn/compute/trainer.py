@@ -1,0 +1,113 @@
+"""Local SGD for many nodes at once.
+
+The simulator trains lazily: each node's job is a snapshot of its vector plus the minibatches it
+will use, and all pending jobs run together here. Jobs are independent (own start, own batches),
+so a batched run gives each job exactly the trajectory it would have alone; ``run_one_reference``
+is that "alone" baseline, written the ordinary nn.Module + optimizer way.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.func import grad_and_value, vmap
+
+from peerlearn.models.zoo import ModelSpec
+
+
+@dataclass
+class TrainJob:
+    """``len(batches)`` SGD steps of one node from ``start``."""
+
+    start: torch.Tensor  # (P,) snapshot of the node's vector when training started
+    batches: torch.Tensor  # (steps, B) int64 indices into train_x
+
+    @property
+    def steps(self) -> int:
+        return int(self.batches.shape[0])
+
+
+class BatchedTrainer:
+    """Plain SGD (no momentum, no weight decay) for a set of jobs, vmapped across jobs."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        train_x: torch.Tensor,
+        train_y: torch.Tensor,
+        *,
+        lr: float,
+        device: str = "cpu",
+    ) -> None:
+        self.spec = spec
+        self.device = torch.device(device)
+        self.train_x = train_x.to(self.device)
+        self.train_y = train_y.to(self.device)
+        self.lr = lr
+        self.last_loss: torch.Tensor | None = None
+
+        def loss_fn(vec: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return spec.loss(spec.forward(vec, x), y)
+
+        # Gradient w.r.t. the flat vector itself: no per-parameter dicts to flatten afterwards.
+        self._step_grads = vmap(grad_and_value(loss_fn))
+
+    def run(self, jobs: Sequence[TrainJob]) -> torch.Tensor:
+        """Run every job; returns the (J, P) final vectors (on the trainer's device).
+
+        Jobs may have different step counts. They are ordered by decreasing step count, so the
+        jobs still active at step t are a prefix of the stack and are updated in place through a
+        view. Sets ``last_loss`` to each job's mean training loss over its steps (CPU float32;
+        NaN for a job of zero steps).
+        """
+        n_jobs = len(jobs)
+        numel = self.spec.layout.numel
+        if n_jobs == 0:
+            self.last_loss = torch.empty(0)
+            return torch.empty(0, numel, device=self.device)
+        steps = torch.tensor([job.steps for job in jobs])
+        order = torch.argsort(steps, descending=True, stable=True)
+        ordered = [jobs[i] for i in order.tolist()]
+        params = torch.stack([job.start.detach().to(self.device, torch.float32) for job in ordered])
+        if params.shape[1] != numel:
+            raise ValueError(f"job vectors have {params.shape[1]} entries, model needs {numel}")
+        loss_sum = torch.zeros(n_jobs, dtype=torch.float64, device=self.device)
+        max_steps = int(steps.max())
+        sorted_steps = steps[order].tolist()
+        active = n_jobs
+        for t in range(max_steps):
+            while sorted_steps[active - 1] <= t:
+                active -= 1
+            idx = torch.stack([job.batches[t] for job in ordered[:active]]).to(self.device)
+            grads, losses = self._step_grads(params[:active], self.train_x[idx], self.train_y[idx])
+            params[:active].add_(grads, alpha=-self.lr)  # as torch.optim.SGD does
+            loss_sum[:active] += losses.detach()
+        mean_loss = (loss_sum.cpu() / steps[order].clamp(min=1)).float()
+        mean_loss[steps[order] == 0] = float("nan")
+        # Undo the ordering.
+        result = torch.empty_like(params)
+        result[order.to(self.device)] = params
+        self.last_loss = torch.empty(n_jobs)
+        self.last_loss[order] = mean_loss
+        return result
+
+    @torch.inference_mode(False)
+    @torch.enable_grad()
+    def run_one_reference(self, job: TrainJob) -> torch.Tensor:
+        """The baseline: one node alone, nn.Module + torch.optim.SGD; returns the (P,) result.
+
+        Gradients are switched back on so a caller inside ``no_grad``/``inference_mode`` works.
+        """
+        module = copy.deepcopy(self.spec.module).to(self.device)
+        self.spec.layout.load(module, job.start.to(self.device))
+        opt = torch.optim.SGD(module.parameters(), lr=self.lr)
+        for batch in job.batches:
+            idx = batch.to(self.device)
+            opt.zero_grad()
+            loss = self.spec.loss(module(self.train_x[idx]), self.train_y[idx])
+            loss.backward()
+            opt.step()
+        return self.spec.layout.flatten(module).to(self.device)

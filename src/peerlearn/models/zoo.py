@@ -1,0 +1,199 @@
+"""The model zoo: every model is a template module plus a flat-vector layout.
+
+A ``ModelSpec`` is shared by all nodes of a run. Nodes hold only flat vectors; the template
+module gives the architecture, and ``ModelSpec.forward`` runs it functionally on any vector,
+so the same code serves one node, many nodes under ``vmap``, and the reference nn.Module path.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from peerlearn.models.layout import ParamLayout
+
+Task = Literal["classification", "regression"]
+
+MODELS: dict[str, str] = {
+    "gn_lenet": "LeNet-style CNN with GroupNorm (3 conv 5x5 + linear); CIFAR-10 / Fashion-MNIST",
+    "matrix_factorization": "user/item embeddings, rating = dot product; MovieLens",
+    "mlp": "fully connected ReLU network on flattened features; e.g. digits",
+}
+
+
+class GNLeNet(nn.Module):
+    """Conv-GroupNorm-ReLU-MaxPool x3 then a linear head.
+
+    GroupNorm instead of BatchNorm: no running statistics (buffers), and it behaves well with
+    small, non-IID local batches, which is why DL papers (DivShare, JWINS) use it.
+    """
+
+    def __init__(self, in_channels: int, height: int, width: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 32, 5, padding=2)
+        self.gn1 = nn.GroupNorm(2, 32)
+        self.conv2 = nn.Conv2d(32, 32, 5, padding=2)
+        self.gn2 = nn.GroupNorm(2, 32)
+        self.conv3 = nn.Conv2d(32, 64, 5, padding=2)
+        self.gn3 = nn.GroupNorm(2, 64)
+        # Three 2x2 poolings (floor), 'same' convolutions keep the size in between.
+        self.fc = nn.Linear(64 * (height // 8) * (width // 8), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.gn1(self.conv1(x))), 2)
+        x = F.max_pool2d(F.relu(self.gn2(self.conv2(x))), 2)
+        x = F.max_pool2d(F.relu(self.gn3(self.conv3(x))), 2)
+        return self.fc(x.flatten(1))
+
+
+class MatrixFactorization(nn.Module):
+    """Rating = <user factors, item factors>; input (B, 2) int64 [user, item]."""
+
+    def __init__(self, n_users: int, n_items: int, factors: int) -> None:
+        super().__init__()
+        self.user = nn.Embedding(n_users, factors)
+        self.item = nn.Embedding(n_items, factors)
+        nn.init.uniform_(self.user.weight, -0.05, 0.05)
+        nn.init.uniform_(self.item.weight, -0.05, 0.05)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.user(x[..., 0]) * self.item(x[..., 1])).sum(-1)
+
+
+class MLP(nn.Module):
+    """Flatten, ReLU hidden layers, linear head."""
+
+    def __init__(self, in_features: int, hidden: tuple[int, ...], num_classes: int) -> None:
+        super().__init__()
+        sizes = [in_features, *hidden]
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
+        self.out = nn.Linear(sizes[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for layer in self.hidden:
+            x = F.relu(layer(x))
+        return self.out(x)
+
+
+@dataclass
+class ModelSpec:
+    """One run's model: architecture (template module), task and flat layout."""
+
+    name: str
+    task: Task
+    module: nn.Module
+    layout: ParamLayout
+
+    def init_vector(self) -> torch.Tensor:
+        """The flat initial parameters (identical on every node)."""
+        return self.layout.flatten(self.module)
+
+    def forward(self, vec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Output of the model with parameters ``vec`` on the batch ``x`` (vmap/grad safe)."""
+        return functional_call(self.module, self.layout.unflatten(vec), (x,))
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy (classification) or mean squared error (regression)."""
+        if self.task == "classification":
+            return F.cross_entropy(out, y)
+        return F.mse_loss(out, y)
+
+
+def _require_classes(name: str, num_classes: int | None) -> int:
+    if num_classes is None or num_classes < 2:
+        raise ValueError(f"model {name!r} needs num_classes >= 2, got {num_classes!r}")
+    return num_classes
+
+
+def _gn_lenet(input_shape: tuple[int, ...], num_classes: int | None, **_: Any) -> nn.Module:
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"model 'gn_lenet' needs image input (channels, height, width), got {input_shape}"
+        )
+    c, h, w = input_shape
+    if c < 1 or h < 8 or w < 8:
+        raise ValueError(
+            f"model 'gn_lenet' needs >= 1 channel and images >= 8x8, got {input_shape}"
+        )
+    return GNLeNet(c, h, w, _require_classes("gn_lenet", num_classes))
+
+
+def _matrix_factorization(
+    input_shape: tuple[int, ...], info: dict, factors: int, **_: Any
+) -> nn.Module:
+    if tuple(input_shape) != (2,):
+        raise ValueError(
+            f"model 'matrix_factorization' needs (user, item) pairs, input_shape (2,), "
+            f"got {input_shape}"
+        )
+    sizes = {}
+    for key in ("n_users", "n_items"):
+        value = info.get(key)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"model 'matrix_factorization' needs dataset info {key!r} (a positive int), "
+                f"got {value!r}"
+            )
+        sizes[key] = value
+    if factors < 1:
+        raise ValueError(f"model 'matrix_factorization' needs factors >= 1, got {factors}")
+    return MatrixFactorization(sizes["n_users"], sizes["n_items"], factors)
+
+
+def _mlp(
+    input_shape: tuple[int, ...], num_classes: int | None, hidden: tuple[int, ...], **_: Any
+) -> nn.Module:
+    if not input_shape or any(d < 1 for d in input_shape):
+        raise ValueError(f"model 'mlp' needs a non-empty input shape, got {input_shape}")
+    if any(h < 1 for h in hidden):
+        raise ValueError(f"model 'mlp' needs positive hidden sizes, got {hidden}")
+    return MLP(math.prod(input_shape), tuple(hidden), _require_classes("mlp", num_classes))
+
+
+_BUILDERS: dict[str, tuple[Task, Callable[..., nn.Module]]] = {
+    "gn_lenet": ("classification", _gn_lenet),
+    "matrix_factorization": ("regression", _matrix_factorization),
+    "mlp": ("classification", _mlp),
+}
+
+
+def build_model(
+    name: str,
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int | None,
+    info: dict,
+    seed: int,
+    hidden: tuple[int, ...] = (64,),
+    factors: int = 20,
+) -> ModelSpec:
+    """Build the named model, initialised deterministically from ``seed``.
+
+    The global torch RNG is left untouched (init runs inside ``fork_rng``), so building a model
+    never shifts the randomness of anything else in the run.
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_BUILDERS))}")
+    task, builder = _BUILDERS[name]
+    # Seed only the CPU generator (torch.manual_seed would also reseed CUDA generators, which
+    # fork_rng(devices=[]) does not restore); modules are built on the CPU.
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        module = builder(
+            input_shape=tuple(input_shape),
+            num_classes=num_classes,
+            info=info,
+            hidden=tuple(hidden),
+            factors=factors,
+        )
+    module = module.to(torch.float32).requires_grad_(True)
+    return ModelSpec(name=name, task=task, module=module, layout=ParamLayout.of(module))
