@@ -1,0 +1,365 @@
+"""Flow-level network model: hand-computed schedules and max-min properties."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peerlearn.sim.flows import FlowNetwork, max_min_rates
+
+INF = math.inf
+
+
+def net(up, down, **kw) -> FlowNetwork:
+    return FlowNetwork(np.array(up, float), np.array(down, float), **kw)
+
+
+def run_all(fn: FlowNetwork) -> list[tuple[int, float]]:
+    """Advance from completion to completion until nothing is pending."""
+    done: list[tuple[int, float]] = []
+    while fn.pending():
+        t = fn.next_completion_time()
+        assert math.isfinite(t)
+        done += fn.advance_to(t)
+    return done
+
+
+def test_single_flow_gets_min_of_up_and_down():
+    fn = net([10, 10], [4, 4])
+    fn.enqueue(7, 0, 1, 100)
+    assert fn.rate(7) == 4
+    assert fn.next_completion_time() == pytest.approx(25.0)
+    assert fn.advance_to(24.0) == []
+    assert fn.bytes_sent(7) == pytest.approx(96.0)
+    assert fn.advance_to(25.0) == [(7, pytest.approx(25.0))]
+    assert fn.pending() == []
+    assert fn.next_completion_time() == INF
+    assert fn.now == 25.0
+
+
+def test_two_flows_from_one_sender_split_upload_and_run_in_parallel():
+    fn = net([10, 100, 100], [100, 100, 100])
+    fn.enqueue(1, 0, 1, 50)
+    fn.enqueue(2, 0, 2, 50)
+    assert fn.rate(1) == pytest.approx(5.0)
+    assert fn.rate(2) == pytest.approx(5.0)
+    done = fn.advance_to(100.0)
+    # Same finishing time: reported together, in start order.
+    assert done == [(1, pytest.approx(10.0)), (2, pytest.approx(10.0))]
+    assert fn.now == 100.0
+
+
+def test_max_min_gives_unused_share_to_the_other_flow():
+    fn = net([10, INF, INF], [INF, 2, 100])
+    fn.enqueue(1, 0, 1, 20)  # bottlenecked by receiver 1's downlink
+    fn.enqueue(2, 0, 2, 80)
+    assert fn.rate(1) == pytest.approx(2.0)
+    assert fn.rate(2) == pytest.approx(8.0)
+    assert run_all(fn) == [(1, pytest.approx(10.0)), (2, pytest.approx(10.0))]
+
+
+def test_fifo_per_pair():
+    fn = net([10, 10], [10, 10])
+    fn.enqueue(1, 0, 1, 40)
+    fn.enqueue(2, 0, 1, 60)
+    assert fn.rate(2) == 0.0
+    fn.advance_to(2.0)
+    assert fn.bytes_sent(2) == 0.0
+    assert fn.bytes_sent(1) == pytest.approx(20.0)
+    assert fn.advance_to(5.0) == [(1, pytest.approx(4.0))]
+    assert fn.rate(2) == pytest.approx(10.0)
+    assert fn.bytes_sent(2) == pytest.approx(10.0)
+    assert run_all(fn) == [(2, pytest.approx(10.0))]
+
+
+def test_cancel_in_flight_frees_share_at_once():
+    fn = net([10, 100, 100], [100, 100, 100])
+    fn.enqueue(1, 0, 1, 100)
+    fn.enqueue(2, 0, 2, 100)
+    fn.advance_to(4.0)
+    assert fn.cancel([1]) == {1: pytest.approx(20.0)}
+    assert fn.rate(2) == pytest.approx(10.0)
+    # 80 bytes left at 10 B/s.
+    assert fn.next_completion_time() == pytest.approx(12.0)
+    assert run_all(fn) == [(2, pytest.approx(12.0))]
+    assert fn.sent_by_node[0] == pytest.approx(120.0)
+    assert fn.received_by_node[1] == pytest.approx(20.0)
+    assert fn.received_by_node[2] == pytest.approx(100.0)
+
+
+def test_cancel_queued_returns_zero_and_unknown_is_ignored():
+    fn = net([10, 10], [10, 10])
+    fn.enqueue(1, 0, 1, 40)
+    fn.enqueue(2, 0, 1, 60)
+    fn.enqueue(3, 0, 1, 10)
+    fn.advance_to(1.0)
+    assert fn.cancel([2, 99]) == {2: 0.0}
+    assert fn.pending() == [1, 3]
+    assert run_all(fn) == [(1, pytest.approx(4.0)), (3, pytest.approx(5.0))]
+    assert fn.cancel([1, 3]) == {}
+
+
+def test_cancel_head_starts_next_message_of_the_pair():
+    fn = net([10, 10], [10, 10])
+    fn.enqueue(1, 0, 1, 40)
+    fn.enqueue(2, 0, 1, 60)
+    fn.advance_to(1.0)
+    assert fn.cancel([1]) == {1: pytest.approx(10.0)}
+    assert fn.rate(2) == pytest.approx(10.0)
+    assert run_all(fn) == [(2, pytest.approx(7.0))]
+
+
+def test_rates_recomputed_when_a_flow_starts_mid_transfer():
+    fn = net([10, 100, 100], [100, 100, 100])
+    fn.enqueue(1, 0, 1, 100)
+    fn.advance_to(4.0)  # 40 bytes sent alone at 10 B/s
+    fn.enqueue(2, 0, 2, 100)
+    assert fn.rate(1) == pytest.approx(5.0)
+    # Flow 1: 60 left at 5 B/s -> 16. Flow 2: 60 sent by then, 40 left at 10 B/s -> 20.
+    assert run_all(fn) == [(1, pytest.approx(16.0)), (2, pytest.approx(20.0))]
+
+
+def test_shared_link_constraint():
+    routes = {(0, 1): [0], (2, 3): [0]}
+    fn = net([10] * 4, [10] * 4, links=[6.0], route=lambda s, d: routes.get((s, d), []))
+    fn.enqueue(1, 0, 1, 30)
+    fn.enqueue(2, 2, 3, 30)
+    fn.enqueue(3, 0, 3, 70)  # off the link: shares node 0's uplink and node 3's downlink
+    assert fn.rate(1) == pytest.approx(3.0)
+    assert fn.rate(2) == pytest.approx(3.0)
+    assert fn.rate(3) == pytest.approx(7.0)
+    assert run_all(fn) == [
+        (1, pytest.approx(10.0)),
+        (2, pytest.approx(10.0)),
+        (3, pytest.approx(10.0)),
+    ]
+
+
+def test_route_out_of_range_is_an_error():
+    fn = net([10, 10], [10, 10], links=[5.0], route=lambda s, d: [1])
+    with pytest.raises(ValueError, match="route"):
+        fn.enqueue(1, 0, 1, 10)
+
+
+def test_node_counters_add_up_with_partial_transfers():
+    fn = net([10, 20, 5], [8, 8, 8])
+    fn.enqueue(1, 0, 1, 100)
+    fn.enqueue(2, 1, 2, 50)
+    fn.enqueue(3, 2, 0, 30)
+    fn.enqueue(4, 0, 2, 70)
+    done = fn.advance_to(5.0)
+    cancelled = fn.cancel([1, 4])
+    done += run_all(fn)
+    sizes = {1: 100, 2: 50, 3: 30, 4: 70}
+    total = sum(sizes[i] for i, _ in done) + sum(cancelled.values())
+    assert fn.sent_by_node.sum() == pytest.approx(total)
+    assert fn.received_by_node.sum() == pytest.approx(total)
+    assert fn.sent_by_node[1] == pytest.approx(50.0)
+    assert fn.received_by_node[1] == pytest.approx(cancelled[1])
+
+
+def test_infinite_capacity():
+    fn = net([INF, INF, INF], [INF, 4, INF])
+    fn.enqueue(1, 0, 1, 8)  # the receiver bounds it
+    fn.enqueue(2, 0, 2, 8)  # nothing bounds it: finishes at once
+    assert fn.rate(2) == INF
+    assert fn.next_completion_time() == 0.0
+    assert fn.advance_to(0.0) == [(2, 0.0)]
+    assert fn.rate(1) == pytest.approx(4.0)
+    assert run_all(fn) == [(1, pytest.approx(2.0))]
+    assert fn.sent_by_node[0] == pytest.approx(16.0)
+
+
+def test_zero_byte_message_finishes_at_once_then_next_starts():
+    fn = net([10, 10], [10, 10])
+    fn.advance_to(3.0)
+    fn.enqueue(1, 0, 1, 0)
+    fn.enqueue(2, 0, 1, 10)
+    assert fn.advance_to(3.0) == [(1, 3.0)]
+    assert run_all(fn) == [(2, pytest.approx(4.0))]
+
+
+def test_latency_scalar_and_matrix():
+    assert net([1, 1], [1, 1], latency_s=0.25).latency(0, 1) == 0.25
+    lat = np.array([[0.0, 0.1], [0.2, 0.0]])
+    fn = net([1, 1], [1, 1], latency_s=lat)
+    assert fn.latency(0, 1) == 0.1
+    assert fn.latency(1, 0) == 0.2
+
+
+def test_bad_inputs():
+    fn = net([1, 1], [1, 1])
+    fn.advance_to(1.0)
+    with pytest.raises(ValueError):
+        fn.advance_to(0.5)
+    with pytest.raises(ValueError):
+        fn.enqueue(1, 0, 0, 10)
+    with pytest.raises(ValueError):
+        fn.enqueue(1, 0, 2, 10)
+    fn.enqueue(1, 0, 1, 10)
+    with pytest.raises(ValueError):
+        fn.enqueue(1, 1, 0, 10)
+    with pytest.raises(ValueError):
+        net([1, 0], [1, 1])
+    with pytest.raises(ValueError):
+        net([1, 1], [1, 1], latency_s=np.zeros((3, 3)))
+    with pytest.raises(KeyError):
+        fn.rate(42)
+
+
+def test_no_residue_after_many_small_steps():
+    fn = net([3, 7], [7, 3])
+    fn.enqueue(1, 0, 1, 1000)
+    for k in range(1, 334):
+        fn.advance_to(k * 0.1)
+    done = run_all(fn)
+    assert done == [(1, pytest.approx(1000 / 3))]
+    assert fn.sent_by_node[0] == 1000.0
+
+
+def test_many_flows_stay_fast():
+    n = 60
+    rng = np.random.default_rng(0)
+    fn = net(rng.uniform(1, 10, n) * 1e6, rng.uniform(1, 10, n) * 1e6)
+    msg = 0
+    for s in range(n):
+        for d in rng.choice(np.delete(np.arange(n), s), 20, replace=False):
+            fn.enqueue(msg, s, int(d), int(rng.integers(1, 10**6)))
+            msg += 1
+    done = run_all(fn)
+    assert len(done) == msg
+    times = [t for _, t in done]
+    assert times == sorted(times)
+
+
+def scenario(seed: int) -> tuple[list[tuple[int, float]], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    fn = net(rng.uniform(1, 5, 6), rng.uniform(1, 5, 6))
+    for i in range(40):
+        s, d = rng.choice(6, 2, replace=False)
+        fn.enqueue(i, int(s), int(d), int(rng.integers(1, 50)))
+    done = fn.advance_to(5.0)
+    fn.cancel(range(0, 40, 3))
+    return done + run_all(fn), fn.sent_by_node.copy()
+
+
+def test_deterministic():
+    a, b = scenario(3), scenario(3)
+    assert a[0] == b[0]
+    assert np.array_equal(a[1], b[1])
+
+
+def test_max_min_rates_ties_and_chain():
+    # Resources: 0 cap 1, 1 cap 10, 2 cap 10. Flow 0 crosses 0,1; flows 1, 2 cross 1; flow 3 on 2.
+    caps = np.array([1.0, 10.0, 10.0])
+    flow = np.array([0, 0, 1, 2, 3])
+    res = np.array([0, 1, 1, 1, 2])
+    assert max_min_rates(caps, flow, res, 4) == pytest.approx([1.0, 4.5, 4.5, 10.0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Property: feasible and max-min at every step; everything completes; bytes are conserved.
+
+capacity = st.one_of(st.floats(0.5, 20.0), st.just(INF))
+
+
+@st.composite
+def networks(draw):
+    n = draw(st.integers(2, 5))
+    up = draw(st.lists(capacity, min_size=n, max_size=n))
+    down = draw(st.lists(capacity, min_size=n, max_size=n))
+    links = draw(st.lists(st.floats(0.5, 20.0), max_size=2))
+    routes = {
+        (s, d): draw(st.lists(st.integers(0, len(links) - 1), max_size=2, unique=True))
+        if links
+        else []
+        for s in range(n)
+        for d in range(n)
+    }
+    ops = draw(
+        st.lists(
+            st.tuples(
+                st.floats(0.0, 3.0),  # time step before the operation
+                st.integers(0, n - 1),
+                st.integers(1, n - 1),  # receiver offset, so that src != dst
+                st.integers(0, 60),  # bytes
+                st.booleans(),  # cancel a random pending message instead of sending
+            ),
+            min_size=1,
+            max_size=25,
+        )
+    )
+    return n, up, down, links, routes, ops
+
+
+def check_allocation(fn: FlowNetwork, info: dict[int, tuple[int, int]], caps, routes) -> None:
+    n = fn.n
+    heads: dict[tuple[int, int], int] = {}
+    for m in fn.pending():
+        heads.setdefault(info[m], m)
+    flows = {m: pair for pair, m in heads.items()}
+    rate = {m: fn.rate(m) for m in flows}
+    for m in fn.pending():
+        if m not in flows:
+            assert fn.rate(m) == 0.0
+    res_of = {m: [s, n + d] + [2 * n + k for k in routes[(s, d)]] for m, (s, d) in flows.items()}
+    load = np.zeros(len(caps))
+    for m, rs in res_of.items():
+        if math.isfinite(rate[m]):
+            load[rs] += rate[m]
+    tol = 1e-7
+    assert np.all(load <= caps * (1 + tol) + tol)  # feasible
+    for m, rs in res_of.items():
+        assert rate[m] > 0
+        if not math.isfinite(rate[m]):
+            assert all(not math.isfinite(caps[r]) for r in rs)
+            continue
+        # Max-min: some resource of m is saturated and no flow on it is faster than m.
+        assert any(
+            load[r] >= caps[r] * (1 - tol)
+            and all(rate[o] <= rate[m] * (1 + tol) for o in res_of if r in res_of[o])
+            for r in rs
+        ), (m, rate, res_of)
+
+
+@settings(max_examples=150, deadline=None)
+@given(networks())
+def test_property_feasible_max_min_and_conserving(case):
+    n, up, down, links, routes, ops = case
+    fn = FlowNetwork(np.array(up), np.array(down), links=links, route=lambda s, d: routes[(s, d)])
+    caps = np.array(up + down + links, dtype=float)
+    info: dict[int, tuple[int, int]] = {}
+    sizes: dict[int, int] = {}
+    finished: list[tuple[int, float]] = []
+    partial = 0.0
+    cancelled: set[int] = set()
+    for i, (dt, s, off, nbytes, cancel) in enumerate(ops):
+        finished += fn.advance_to(fn.now + dt)
+        if cancel and fn.pending():
+            victim = fn.pending()[nbytes % len(fn.pending())]
+            partial += sum(fn.cancel([victim]).values())
+            cancelled.add(victim)
+        else:
+            d = (s + off) % n
+            info[i], sizes[i] = (s, d), nbytes
+            fn.enqueue(i, s, d, nbytes)
+        check_allocation(fn, info, caps, routes)
+    while fn.pending():
+        t = fn.next_completion_time()
+        assert math.isfinite(t)
+        finished += fn.advance_to(t)
+        check_allocation(fn, info, caps, routes)
+    ids = [m for m, _ in finished]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == set(sizes) - cancelled
+    times = [t for _, t in finished]
+    assert times == sorted(times)
+    total = sum(sizes[m] for m in ids) + partial
+    assert fn.sent_by_node.sum() == pytest.approx(total, rel=1e-9, abs=1e-6)
+    assert fn.received_by_node.sum() == pytest.approx(total, rel=1e-9, abs=1e-6)
+    for node in range(n):
+        assert fn.sent_by_node[node] >= -1e-9
