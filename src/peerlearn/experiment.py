@@ -1,0 +1,143 @@
+"""Turn a validated config into the pieces of an experiment, independent of the engine.
+
+config -> (dataset, partition, model, topology, network, compute factors). Both the simulator and
+the real runtime start from a ``Setup``; anything derived from the seed is derived here, once, so
+every process that builds the same config gets the same pieces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+
+from peerlearn.config.load import ConfigError
+from peerlearn.config.schema import ExperimentConfig
+from peerlearn.data.base import Dataset
+from peerlearn.data.partition import Partition, make_partition
+from peerlearn.data.registry import load_dataset
+from peerlearn.models.zoo import ModelSpec, build_model
+from peerlearn.network.presets import NetworkSpec, build_network
+from peerlearn.network.topology import build_topology
+from peerlearn.sim.compute_model import compute_factors
+
+
+@dataclass
+class Setup:
+    cfg: ExperimentConfig
+    dataset: Dataset
+    partition: Partition
+    model: ModelSpec
+    graph: nx.Graph
+    network: NetworkSpec
+    compute_factors: np.ndarray
+    eval_nodes: np.ndarray
+    eval_subset: np.ndarray | None
+
+    def neighbors(self, node: int) -> tuple[int, ...]:
+        return tuple(sorted(self.graph.neighbors(node)))
+
+
+def build_setup(cfg: ExperimentConfig) -> Setup:
+    """Build every piece; a builder ValueError becomes a ConfigError naming its section."""
+    try:
+        return _build(cfg)
+    except _StageError as exc:
+        raise ConfigError(f"config: [{exc.section}] {exc.cause}") from None
+
+
+class _StageError(Exception):
+    def __init__(self, section: str, cause: Exception) -> None:
+        self.section, self.cause = section, cause
+
+
+def _stage(section: str, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as exc:
+        raise _StageError(section, exc) from exc
+
+
+def _build(cfg: ExperimentConfig) -> Setup:
+    n, seed = cfg.nodes, cfg.seed
+    d = cfg.data
+    dataset = _stage(
+        "data",
+        load_dataset,
+        d.dataset,
+        d.root,
+        variant=d.variant,
+        seed=seed,
+        download=d.download,
+        synthetic=d.synthetic or None,
+    )
+    partition = _stage(
+        "data",
+        make_partition,
+        dataset,
+        d.partition,
+        n,
+        seed,
+        shards=d.shards,
+        alpha=d.alpha,
+        min_samples=d.min_samples,
+    )
+    model = _stage(
+        "model",
+        build_model,
+        cfg.model.name,
+        input_shape=dataset.input_shape,
+        num_classes=dataset.num_classes,
+        info=dataset.info,
+        seed=seed,
+        hidden=tuple(cfg.model.hidden),
+        factors=cfg.model.factors,
+    )
+    t = cfg.topology
+    graph = _stage(
+        "topology",
+        build_topology,
+        t.kind,
+        n,
+        degree=t.degree,
+        rewire_p=t.rewire_p,
+        path=t.path,
+        seed=seed,
+    )
+    net = cfg.network
+    network = _stage(
+        "network",
+        build_network,
+        net.preset,
+        n,
+        mbps=net.mbps,
+        fast_mbps=net.fast_mbps,
+        slowdown=net.slowdown,
+        stragglers=net.stragglers,
+        straggler_ids=net.straggler_ids,
+        latency_ms=net.latency_ms,
+        seed=seed,
+    )
+    # which nodes and which test samples are evaluated: fixed for the run, drawn from the seed
+    rng = np.random.default_rng([seed, 0xE7A1])
+    eval_nodes = (
+        np.sort(rng.choice(n, size=cfg.eval.nodes, replace=False))
+        if cfg.eval.nodes is not None
+        else np.arange(n)
+    )
+    n_test = len(dataset.test_y)
+    eval_subset = None
+    if cfg.eval.test_samples is not None and cfg.eval.test_samples < n_test:
+        eval_subset = np.sort(rng.choice(n_test, size=cfg.eval.test_samples, replace=False))
+    return Setup(
+        cfg=cfg,
+        dataset=dataset,
+        partition=partition,
+        model=model,
+        graph=graph,
+        network=network,
+        compute_factors=compute_factors(cfg.compute, n),
+        eval_nodes=eval_nodes,
+        eval_subset=eval_subset,
+    )

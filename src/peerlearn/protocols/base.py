@@ -1,0 +1,171 @@
+"""The sans-I/O protocol interface.
+
+A protocol is one plain object per node. It reacts to events (the node started, its local training
+finished, a message arrived, a timer fired) and answers each with a list of actions (train k steps,
+send a payload, drop undelivered sends, set a timer, record a metric, stop). It never reads a clock,
+sleeps, touches a socket or starts a thread, so the simulator and the real runtime both drive the
+same object, and tests drive it by hand.
+
+The node's model is a flat float32 vector owned by the engine and lent to the protocol as
+``ctx.model`` (a 1-D tensor, changed in place). Between asking for ``Train`` and receiving
+``TrainingDone`` the vector belongs to the trainer: the protocol may read it (it holds the
+pre-training values) but must not write it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from peerlearn.codecs.message import Message, Payload
+
+# ---------------------------------------------------------------------------------------------
+# Actions: what a protocol asks its engine to do.
+
+
+@dataclass(frozen=True, slots=True)
+class Train:
+    """Run ``steps`` local SGD steps from the current model; answered by ``TrainingDone``."""
+
+    steps: int
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Queue ``payload`` for ``dest`` on the (self, dest) FIFO connection."""
+
+    dest: int
+    kind: str
+    iteration: int
+    payload: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class DropPending:
+    """Cancel this node's queued and in-flight sends (never delivered).
+
+    With ``before_iteration`` set, only sends tagged with a smaller iteration are dropped.
+    """
+
+    before_iteration: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SetTimer:
+    """Fire ``TimerFired(tag)`` after ``delay_s`` seconds."""
+
+    delay_s: float
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Record a per-node metric at the current time and iteration."""
+
+    metric: str
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """This node is done (iteration cap reached); it takes no further events."""
+
+
+Action = Train | Send | DropPending | SetTimer | Record | Finish
+
+# ---------------------------------------------------------------------------------------------
+# Events: what happens to a protocol.
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingDone:
+    steps: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageArrived:
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    tag: str
+
+
+Event = Started | TrainingDone | MessageArrived | TimerFired
+
+
+@dataclass(slots=True)
+class NodeContext:
+    """What a protocol knows about its world, handed over at construction."""
+
+    node: int
+    n_nodes: int
+    neighbors: tuple[int, ...]
+    model: torch.Tensor
+    rng: np.random.Generator
+    degrees: dict[int, int] = field(default_factory=dict)
+
+
+class Protocol(ABC):
+    """Base class of every algorithm: route events to handlers, collect actions."""
+
+    #: registry name, e.g. "dpsgd"
+    name: str = ""
+
+    #: one-line description, for ``peerlearn list``
+    description: str = ""
+
+    def __init__(
+        self, ctx: NodeContext, params: Any, *, local_steps: int, max_iterations: int | None
+    ) -> None:
+        self.ctx = ctx
+        self.params = params
+        self.local_steps = local_steps
+        self.max_iterations = max_iterations
+        self.iteration = 0
+        self.finished = False
+
+    def done_iterating(self) -> bool:
+        """True once the iteration cap (if any) is reached."""
+        return self.max_iterations is not None and self.iteration >= self.max_iterations
+
+    def handle(self, event: Event) -> list[Action]:
+        """Feed one event, get the actions it causes (in order)."""
+        if self.finished:
+            return []
+        match event:
+            case Started():
+                actions = self.on_start()
+            case TrainingDone():
+                actions = self.on_training_done(event.steps)
+            case MessageArrived():
+                actions = self.on_message(event.message)
+            case TimerFired():
+                actions = self.on_timer(event.tag)
+            case _:
+                raise TypeError(f"unknown event {event!r}")
+        if any(isinstance(a, Finish) for a in actions):
+            self.finished = True
+        return actions
+
+    @abstractmethod
+    def on_start(self) -> list[Action]: ...
+
+    @abstractmethod
+    def on_training_done(self, steps: int) -> list[Action]: ...
+
+    @abstractmethod
+    def on_message(self, message: Message) -> list[Action]: ...
+
+    def on_timer(self, tag: str) -> list[Action]:
+        return []

@@ -1,0 +1,41 @@
+"""The short table printed at the end of a run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+
+def _fmt_bytes(x: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(x) < 1000 or unit == "TB":
+            return f"{x:.1f} {unit}" if unit != "B" else f"{x:.0f} B"
+        x /= 1000
+    return f"{x:.1f} TB"
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    table = Table(title=f"{summary['name']} ({summary['algorithm']}, {summary['nodes']} nodes)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    final = summary["final"]
+    for key in ("test_acc", "test_rmse", "test_loss"):
+        if f"{key}_mean" in final:
+            table.add_row(
+                key.replace("_", " "),
+                f"{final[f'{key}_mean']:.4f} ± {final.get(f'{key}_std', 0.0):.4f}"
+                f"  [{final.get(f'{key}_min', 0.0):.3f}, {final.get(f'{key}_max', 0.0):.3f}]",
+            )
+    for target, t in summary["time_to_accuracy_s"].items():
+        table.add_row(f"time to acc {target}", "never" if t is None else f"{t:.1f} s")
+    table.add_row("virtual time", f"{summary['virtual_time_s']:.1f} s")
+    table.add_row("wall time", f"{summary['wall_time_s']:.1f} s")
+    it = summary["iterations"]
+    table.add_row("iterations per node", f"{it['mean']:.1f} (min {it['min']}, max {it['max']})")
+    b = summary["bytes"]
+    table.add_row(
+        "bytes sent / delivered / wasted",
+        f"{_fmt_bytes(b['sent'])} / {_fmt_bytes(b['delivered'])} / {_fmt_bytes(b['wasted'])}",
+    )
+    return table

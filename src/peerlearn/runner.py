@@ -1,0 +1,81 @@
+"""Run one experiment end to end: config -> setup -> engine -> results on disk."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from peerlearn.config import ExperimentConfig, dump_config
+from peerlearn.experiment import build_setup
+from peerlearn.results.metrics import MetricsRecorder
+from peerlearn.results.plots import write_plots
+from peerlearn.results.report import summary_table
+from peerlearn.results.rundir import prepare_run_dir
+from peerlearn.results.summary import build_summary
+from peerlearn.sim.engine import Simulator
+
+
+@dataclass
+class RunOutput:
+    run_dir: Path
+    summary: dict[str, Any]
+    recorder: MetricsRecorder
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    out: Path | None = None,
+    *,
+    overwrite: bool = False,
+    quiet: bool = False,
+    console: Console | None = None,
+    plots: bool = True,
+) -> RunOutput:
+    console = console or Console(stderr=True, quiet=quiet)
+    run_dir = prepare_run_dir(out, cfg.name, overwrite=overwrite)
+    try:
+        setup = build_setup(cfg)
+    except BaseException:
+        if not any(run_dir.iterdir()):
+            run_dir.rmdir()  # leave nothing behind for a run that never started
+        raise
+    (run_dir / "config.toml").write_text(dump_config(cfg))
+    recorder = MetricsRecorder()
+    stop = cfg.stop.virtual_time_s
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[vt]}"),
+        TextColumn("{task.fields[acc]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
+    ) as bar:
+        task = bar.add_task(cfg.name, total=stop or None, vt="", acc="")
+
+        def progress(t: float, acc: float | None) -> None:
+            bar.update(
+                task,
+                completed=t if stop else None,
+                vt=f"t={t:.1f}s" + (f"/{stop:g}s" if stop else ""),
+                acc="" if acc is None else f"acc={acc:.3f}",
+            )
+
+        result = Simulator(setup, recorder, progress).run()
+        if stop:
+            bar.update(task, completed=stop)
+    recorder.write_csv(run_dir / "metrics.csv")
+    summary = build_summary(cfg=cfg, recorder=recorder, result=result)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if plots:
+        write_plots(recorder, run_dir / "plots", f"{cfg.name}: {cfg.algorithm.name}")
+    if not quiet:
+        console.print(summary_table(summary))
+        console.print(f"results in [bold]{run_dir}[/bold]")
+    return RunOutput(run_dir, summary, recorder)

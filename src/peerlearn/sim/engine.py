@@ -1,0 +1,335 @@
+"""The virtual-time engine: drives one protocol object per node over a modelled network.
+
+Time is virtual (float64 seconds). The engine owns every node's model as one row of a
+(nodes x parameters) tensor, the network model (``FlowNetwork``) and the compute model, and turns
+protocol actions into future events. Local training is lazy: ``Train`` snapshots the node's vector
+and schedules the finish; the arithmetic runs when the first pending finish is delivered, for all
+pending jobs together in one batched call. Each job starts from its own snapshot, so the result is
+the same as running the jobs one by one.
+
+The loop interleaves two sources of time: the event queue, and the network's next transmission
+completion (which moves whenever rates are recomputed, so it is asked for, not queued).
+"""
+
+from __future__ import annotations
+
+import math
+import time as wallclock
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from peerlearn.codecs.message import Message
+from peerlearn.compute.evaluator import BatchedEvaluator
+from peerlearn.compute.sampler import MinibatchStream
+from peerlearn.compute.trainer import BatchedTrainer, TrainJob
+from peerlearn.experiment import Setup
+from peerlearn.protocols.base import (
+    DropPending,
+    Finish,
+    MessageArrived,
+    NodeContext,
+    Protocol,
+    Record,
+    Send,
+    SetTimer,
+    Started,
+    TimerFired,
+    Train,
+    TrainingDone,
+)
+from peerlearn.protocols.registry import protocol_class
+from peerlearn.results.metrics import ALL_NODES, MetricsRecorder
+from peerlearn.sim.compute_model import training_time
+from peerlearn.sim.events import EventQueue
+
+# event kinds in the queue
+_NODE, _DELIVER, _EVAL = 0, 1, 2
+
+
+@dataclass
+class _Job:
+    job: TrainJob
+    result: torch.Tensor | None = None
+    loss: float | None = None
+
+
+@dataclass
+class ByteCounters:
+    """Per-node byte totals; ``sent`` includes partial and cancelled transfers."""
+
+    n: int
+    delivered: np.ndarray = field(init=False)
+    wasted: np.ndarray = field(init=False)
+    data: np.ndarray = field(init=False)
+    meta: np.ndarray = field(init=False)
+    received: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("delivered", "wasted", "data", "meta", "received"):
+            setattr(self, name, np.zeros(self.n))
+
+
+@dataclass
+class SimResult:
+    virtual_time_s: float
+    wall_time_s: float
+    train_wall_s: float
+    eval_wall_s: float
+    iterations: np.ndarray
+    bytes_sent: np.ndarray
+    counters: ByteCounters
+    messages_delivered: int
+    messages_dropped: int
+    train_batches: int
+    train_jobs: int
+    finished_all: bool
+
+
+ProgressFn = Callable[[float, float | None], None]
+
+
+class Simulator:
+    def __init__(
+        self,
+        setup: Setup,
+        recorder: MetricsRecorder | None = None,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        cfg = setup.cfg
+        self.setup = setup
+        self.cfg = cfg
+        self.n = cfg.nodes
+        self.recorder = recorder or MetricsRecorder()
+        self.progress = progress
+        torch_device = cfg.compute.device
+        spec = setup.model
+        ds = setup.dataset
+        init = spec.init_vector()
+        self.models = init.unsqueeze(0).repeat(self.n, 1).contiguous()
+        self.trainer = BatchedTrainer(
+            spec, ds.train_x, ds.train_y, lr=cfg.train.lr, device=torch_device
+        )
+        self.evaluator = BatchedEvaluator(
+            spec, ds.test_x, ds.test_y, batch_size=cfg.eval.batch_size, device=torch_device
+        )
+        self.streams = [
+            MinibatchStream(setup.partition.train[i], cfg.train.batch_size, cfg.seed, i)
+            for i in range(self.n)
+        ]
+        self.net = setup.network.to_flow_network()
+        self.queue = EventQueue()
+        self.now = 0.0
+        self.stop_time = cfg.stop.virtual_time_s if cfg.stop.virtual_time_s else math.inf
+        cls = protocol_class(cfg.algorithm.name)
+        degrees = dict(setup.graph.degree())
+        self.protocols: list[Protocol] = []
+        for i in range(self.n):
+            ctx = NodeContext(
+                node=i,
+                n_nodes=self.n,
+                neighbors=setup.neighbors(i),
+                model=self.models[i],
+                rng=np.random.default_rng([cfg.seed, i, 0x9A7]),
+                degrees={j: degrees[j] for j in setup.neighbors(i)},
+            )
+            self.protocols.append(
+                cls(
+                    ctx,
+                    cfg.algorithm,
+                    local_steps=cfg.train.local_steps,
+                    max_iterations=cfg.stop.iterations,
+                )
+            )
+        self.jobs: dict[int, _Job] = {}
+        self.messages: dict[int, Message] = {}
+        self._next_msg_id = 0
+        self.counters = ByteCounters(self.n)
+        self.messages_delivered = 0
+        self.messages_dropped = 0
+        self.train_batches = 0
+        self.train_jobs = 0
+        self.train_wall = 0.0
+        self.eval_wall = 0.0
+        self.last_eval_time = -math.inf
+        self.last_mean_acc: float | None = None
+
+    # -----------------------------------------------------------------------------------------
+    def run(self) -> SimResult:
+        t0 = wallclock.perf_counter()
+        self.queue.push(0.0, (_EVAL, None))
+        for i in range(self.n):
+            self.queue.push(0.0, (_NODE, i, Started()))
+        while True:
+            if all(p.finished for p in self.protocols):
+                end = self.now
+                break
+            t_event = self.queue.peek_time()
+            t_net = self.net.next_completion_time()
+            t_next = min(t_event, t_net)
+            if t_next > self.stop_time:
+                end = self.stop_time
+                break
+            if math.isinf(t_next):  # nothing can happen any more
+                end = self.now
+                break
+            if t_net <= t_event:
+                self._transmissions_done(t_net)
+            else:
+                time, item = self.queue.pop()
+                # no transmission ends before t_net > time, so this only accounts bytes
+                self.net.advance_to(time)
+                self.now = time
+                self._dispatch(item)
+        self.net.advance_to(end)
+        self.now = end
+        if self.last_eval_time < end:
+            self._evaluate()
+        return SimResult(
+            virtual_time_s=end,
+            wall_time_s=wallclock.perf_counter() - t0,
+            train_wall_s=self.train_wall,
+            eval_wall_s=self.eval_wall,
+            iterations=np.array([p.iteration for p in self.protocols]),
+            bytes_sent=self.net.sent_by_node.copy(),
+            counters=self.counters,
+            messages_delivered=self.messages_delivered,
+            messages_dropped=self.messages_dropped,
+            train_batches=self.train_batches,
+            train_jobs=self.train_jobs,
+            finished_all=all(p.finished for p in self.protocols),
+        )
+
+    # -----------------------------------------------------------------------------------------
+    def _transmissions_done(self, t: float) -> None:
+        for msg_id, finish in self.net.advance_to(t):
+            msg = self.messages[msg_id]
+            self.queue.push(finish + self.net.latency(msg.src, msg.dst), (_DELIVER, msg_id))
+        self.now = t
+
+    def _dispatch(self, item: tuple) -> None:
+        kind = item[0]
+        if kind == _NODE:
+            _, node, event = item
+            if isinstance(event, TrainingDone):
+                self._finish_training(node)
+            self._feed(node, event)
+        elif kind == _DELIVER:
+            msg = self.messages.pop(item[1])
+            c = self.counters
+            c.delivered[msg.src] += msg.nbytes
+            c.data[msg.src] += msg.data_bytes
+            c.meta[msg.src] += msg.meta_bytes
+            c.received[msg.dst] += msg.nbytes
+            self.messages_delivered += 1
+            self._feed(msg.dst, MessageArrived(msg))
+        elif kind == _EVAL:
+            self._evaluate()
+            nxt = self.now + self.cfg.eval.every_s
+            if nxt <= self.stop_time:
+                self.queue.push(nxt, (_EVAL, None))
+
+    def _feed(self, node: int, event) -> None:
+        proto = self.protocols[node]
+        if proto.finished:
+            return
+        for action in proto.handle(event):
+            self._act(node, proto, action)
+
+    def _act(self, node: int, proto: Protocol, action) -> None:
+        match action:
+            case Train(steps=steps):
+                if node in self.jobs:
+                    raise RuntimeError(f"node {node} asked to train while already training")
+                job = TrainJob(
+                    start=self.models[node].clone(), batches=self.streams[node].take(steps)
+                )
+                self.jobs[node] = _Job(job)
+                done = self.now + training_time(
+                    self.cfg.compute.step_time_s, self.setup.compute_factors[node], steps
+                )
+                self.queue.push(done, (_NODE, node, TrainingDone(steps)))
+            case Send(dest=dest, kind=kind, iteration=iteration, payload=payload):
+                if dest == node or not 0 <= dest < self.n:
+                    raise ValueError(f"node {node} sends to invalid destination {dest}")
+                msg = Message(node, dest, kind, iteration, payload, id=self._next_msg_id)
+                msg.sent_at = self.now
+                self._next_msg_id += 1
+                self.messages[msg.id] = msg
+                self.net.enqueue(msg.id, node, dest, msg.nbytes)
+            case DropPending(before_iteration=before):
+                ids = [
+                    m
+                    for m in self.net.pending(node)
+                    if before is None or self.messages[m].iteration < before
+                ]
+                for msg_id, sent in self.net.cancel(ids).items():
+                    self.counters.wasted[node] += sent
+                    del self.messages[msg_id]
+                    self.messages_dropped += 1
+            case SetTimer(delay_s=delay, tag=tag):
+                self.queue.push(self.now + delay, (_NODE, node, TimerFired(tag)))
+            case Record(metric=metric, value=value):
+                self.recorder.add(self.now, node, proto.iteration, metric, value)
+            case Finish():
+                self.recorder.add(self.now, node, proto.iteration, "finished", 1.0)
+            case _:
+                raise TypeError(f"unknown action {action!r} from node {node}")
+
+    def _finish_training(self, node: int) -> None:
+        pending = self.jobs.pop(node)
+        if pending.result is None:
+            # the first result that is needed: run every job not yet computed in one batch
+            todo = [(i, j) for i, j in self.jobs.items() if j.result is None]
+            todo.insert(0, (node, pending))
+            t0 = wallclock.perf_counter()
+            if self.cfg.compute.batched:
+                results = self.trainer.run([j.job for _, j in todo])
+                losses = self.trainer.last_loss
+            else:
+                results = torch.stack([self.trainer.run_one_reference(j.job) for _, j in todo])
+                losses = None
+            self.train_wall += wallclock.perf_counter() - t0
+            self.train_batches += 1
+            self.train_jobs += len(todo)
+            for k, (_, j) in enumerate(todo):
+                j.result = results[k]
+                j.loss = float(losses[k]) if losses is not None else None
+        self.models[node].copy_(pending.result)
+        if pending.loss is not None:
+            self.recorder.add(
+                self.now, node, self.protocols[node].iteration, "train_loss", pending.loss
+            )
+
+    def _evaluate(self) -> None:
+        t0 = wallclock.perf_counter()
+        setup = self.setup
+        nodes = setup.eval_nodes
+        local = setup.partition.test
+        out = self.evaluator.evaluate(
+            self.models[torch.as_tensor(nodes)],
+            test_indices=[local[i] for i in nodes] if local is not None else None,
+            subset=setup.eval_subset,
+        )
+        self.eval_wall += wallclock.perf_counter() - t0
+        rec, t = self.recorder, self.now
+        sent = self.net.sent_by_node
+        for k, i in enumerate(nodes):
+            it = self.protocols[i].iteration
+            for metric, values in out.items():
+                rec.add(t, int(i), it, f"test_{metric}", float(values[k]))
+        iters = np.array([self.protocols[i].iteration for i in nodes])
+        for metric, values in out.items():
+            v = values.double().numpy()
+            rec.add(t, ALL_NODES, int(iters.min()), f"test_{metric}_mean", v.mean())
+            rec.add(t, ALL_NODES, int(iters.min()), f"test_{metric}_std", v.std())
+            rec.add(t, ALL_NODES, int(iters.min()), f"test_{metric}_min", v.min())
+            rec.add(t, ALL_NODES, int(iters.min()), f"test_{metric}_max", v.max())
+        rec.add(t, ALL_NODES, int(iters.min()), "bytes_sent_mean", float(sent.mean()))
+        rec.add(t, ALL_NODES, int(iters.min()), "iteration_mean", float(iters.mean()))
+        self.last_eval_time = t
+        self.last_mean_acc = float(out["acc"].double().mean()) if "acc" in out else None
+        if self.progress is not None:
+            self.progress(t, self.last_mean_acc)

@@ -1,0 +1,99 @@
+"""Config loading, overrides, and the one-line errors of every bad-config case."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from peerlearn.cli import main
+from peerlearn.config import ConfigError, dump_config, load_config
+from peerlearn.config.load import parse_override
+
+
+def test_quickstart_loads_and_round_trips(tmp_path: Path) -> None:
+    cfg = load_config()
+    assert cfg.name == "quickstart" and cfg.nodes == 16 and cfg.data.dataset == "digits"
+    assert cfg.network.stragglers > 0
+    path = tmp_path / "c.toml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+
+
+def test_overrides_use_dotted_keys_and_toml_values() -> None:
+    cfg = load_config(
+        None, ["train.lr=0.2", "topology.kind=ring", "model.hidden=[8, 8]", "stop.iterations=3"]
+    )
+    assert cfg.train.lr == 0.2
+    assert cfg.topology.kind == "ring"
+    assert cfg.model.hidden == [8, 8]
+    assert cfg.stop.iterations == 3
+    assert parse_override("a.b=hello") == (["a", "b"], "hello")
+    assert parse_override('a="x y"') == (["a"], "x y")
+
+
+BAD = [
+    # (override, pieces the one-line message must contain)
+    ("train.lr=-1", ["train.lr", "-1", "greater than 0"]),
+    ("train.lrr=1", ["train.lrr", "unknown key", "lr"]),
+    ("bogus=1", ["bogus", "unknown key", "nodes"]),
+    ("nodes=abc", ["nodes", "'abc'", "integer"]),
+    ("nodes=1", ["nodes", "1", "greater than or equal to 2"]),
+    ("algorithm.name=foo", ["algorithm.name", "'foo'", "dpsgd"]),
+    ("algorithm.fanout=3", ["algorithm.fanout", "unknown key"]),
+    ("data.dataset=mnist", ["data.dataset", "'mnist'", "digits", "cifar10"]),
+    ("model.name=resnet", ["model.name", "'resnet'", "gn_lenet"]),
+    ("network.preset=wan", ["network.preset", "'wan'", "stragglers"]),
+    ("topology.kind=tree", ["topology.kind", "'tree'", "ring"]),
+    ("data.partition=by_user", ["by_user", "movielens"]),
+    ("topology.rewire_p=2", ["topology.rewire_p", "2", "less than or equal to 1"]),
+    ("compute.factors=[1, 2]", ["compute.factors", "one per node"]),
+    ("train=3", ["train", "3"]),
+]
+
+
+@pytest.mark.parametrize(("override", "pieces"), BAD)
+def test_bad_config_is_one_clear_line(override: str, pieces: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    msg = str(info.value)
+    assert "\n" not in msg
+    for piece in pieces:
+        assert piece in msg, (piece, msg)
+
+
+@pytest.mark.parametrize(("override", "pieces"), BAD[:6])
+def test_bad_config_cli_exit_status_2_no_traceback(
+    override: str, pieces: list[str], tmp_path: Path, capsys
+) -> None:
+    code = main(["run", "--set", override, "--out", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    assert pieces[0] in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_toml_file_and_missing_file(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("nodes = = 3\n")
+    assert main(["run", str(bad), "--quiet"]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "nope.toml"), "--quiet"]) == 2
+    assert "cannot read config file" in capsys.readouterr().err
+
+
+def test_builder_errors_name_their_section(tmp_path: Path, capsys) -> None:
+    # a 3-regular graph on 7 nodes cannot exist: caught when the topology is built
+    code = main(
+        ["run", "--set", "nodes=7", "--set", "topology.degree=3", "--out", str(tmp_path / "r")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "[topology]" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_dump_is_valid_toml() -> None:
+    text = dump_config(load_config(None, ["stop.iterations=5"]))
+    assert tomllib.loads(text)["stop"]["iterations"] == 5
