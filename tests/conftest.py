@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from peerlearn.config import ExperimentConfig, load_config
+
+# the tests use tiny models: one thread avoids oversubscribing small shared machines
+torch.set_num_threads(1)
 
 SMALL = [
     "name=small",

@@ -114,6 +114,10 @@ class NodeContext:
     model: torch.Tensor
     rng: np.random.Generator
     degrees: dict[int, int] = field(default_factory=dict)
+    #: the run seed, for randomness that must be identical on every node (e.g. fragments)
+    run_seed: int = 0
+    #: names/shapes/offsets of the flat vector (a ``peerlearn.models.layout.ParamLayout``)
+    layout: Any = None
 
 
 class Protocol(ABC):

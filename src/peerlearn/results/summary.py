@@ -52,12 +52,13 @@ def build_summary(
         "wall_time_s": result.wall_time_s,
         "final": final_metrics(recorder),
         "time_to_accuracy_s": time_to_accuracy(recorder, cfg.eval.targets),
+        # transfers cut off by a drop or by the end of the run leave fractions of bytes: round
         "bytes": {
-            "sent": float(result.bytes_sent.sum()),
-            "delivered": float(c.delivered.sum()),
-            "wasted": float(c.wasted.sum()),
-            "data": float(c.data.sum()),
-            "meta": float(c.meta.sum()),
+            "sent": round(float(result.bytes_sent.sum())),
+            "delivered": round(float(c.delivered.sum())),
+            "wasted": round(float(c.wasted.sum())),
+            "data": round(float(c.data.sum())),
+            "meta": round(float(c.meta.sum())),
             "sent_per_node_mean": float(result.bytes_sent.mean()),
         },
         "iterations": {

@@ -134,6 +134,8 @@ class Simulator:
                 model=self.models[i],
                 rng=np.random.default_rng([cfg.seed, i, 0x9A7]),
                 degrees={j: degrees[j] for j in setup.neighbors(i)},
+                run_seed=cfg.seed,
+                layout=spec.layout,
             )
             self.protocols.append(
                 cls(
@@ -176,14 +178,15 @@ class Simulator:
                 end = self.now
                 break
             if t_net <= t_event:
-                self._transmissions_done(t_net)
+                self._transmissions_done(self.net.advance_to(t_net))
+                self.now = t_net
             else:
                 time, item = self.queue.pop()
-                # no transmission ends before t_net > time, so this only accounts bytes
-                self.net.advance_to(time)
+                # flows within float rounding of their end may complete here: deliver them too
+                self._transmissions_done(self.net.advance_to(time))
                 self.now = time
                 self._dispatch(item)
-        self.net.advance_to(end)
+        self._transmissions_done(self.net.advance_to(end))  # counted as sent, not delivered
         self.now = end
         if self.last_eval_time < end:
             self._evaluate()
@@ -203,11 +206,11 @@ class Simulator:
         )
 
     # -----------------------------------------------------------------------------------------
-    def _transmissions_done(self, t: float) -> None:
-        for msg_id, finish in self.net.advance_to(t):
+    def _transmissions_done(self, completed: list[tuple[int, float]]) -> None:
+        """Schedule the delivery of messages whose last byte has left, latency later."""
+        for msg_id, finish in completed:
             msg = self.messages[msg_id]
             self.queue.push(finish + self.net.latency(msg.src, msg.dst), (_DELIVER, msg_id))
-        self.now = t
 
     def _dispatch(self, item: tuple) -> None:
         kind = item[0]
@@ -316,10 +319,13 @@ class Simulator:
         self.eval_wall += wallclock.perf_counter() - t0
         rec, t = self.recorder, self.now
         sent = self.net.sent_by_node
+        c = self.counters
         for k, i in enumerate(nodes):
             it = self.protocols[i].iteration
             for metric, values in out.items():
                 rec.add(t, int(i), it, f"test_{metric}", float(values[k]))
+            rec.add(t, int(i), it, "bytes_sent", float(sent[i]))
+            rec.add(t, int(i), it, "bytes_wasted", float(c.wasted[i]))
         iters = np.array([self.protocols[i].iteration for i in nodes])
         for metric, values in out.items():
             v = values.double().numpy()
@@ -328,6 +334,8 @@ class Simulator:
             rec.add(t, ALL_NODES, int(iters.min()), f"test_{metric}_min", v.min())
             rec.add(t, ALL_NODES, int(iters.min()), f"test_{metric}_max", v.max())
         rec.add(t, ALL_NODES, int(iters.min()), "bytes_sent_mean", float(sent.mean()))
+        rec.add(t, ALL_NODES, int(iters.min()), "bytes_delivered_mean", float(c.delivered.mean()))
+        rec.add(t, ALL_NODES, int(iters.min()), "bytes_wasted_mean", float(c.wasted.mean()))
         rec.add(t, ALL_NODES, int(iters.min()), "iteration_mean", float(iters.mean()))
         self.last_eval_time = t
         self.last_mean_acc = float(out["acc"].double().mean()) if "acc" in out else None

@@ -1,0 +1,82 @@
+"""Batched training throughput vs sequential per-node training and a single large-batch model.
+
+All figures are measured side by side in one run on the same machine and printed as ratios:
+
+- sequential: each node trained alone, one after another, with a plain nn.Module + torch.optim.SGD
+  (what a one-process-per-node framework does, serialized);
+- batched: peerlearn's BatchedTrainer, all nodes' jobs in one call;
+- ceiling: one GN-LeNet trained alone at batch 64 (samples/s), a practical ceiling on this CPU.
+
+    python benchmarks/train_throughput.py [--nodes 60] [--steps 16] [--batch 8] [--model gn_lenet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from peerlearn.compute.trainer import BatchedTrainer, TrainJob
+from peerlearn.models.zoo import build_model
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--nodes", type=int, default=60)
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    g = torch.Generator().manual_seed(0)
+    n_data = 4096
+    x = torch.randn(n_data, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (n_data,), generator=g)
+    spec = build_model("gn_lenet", input_shape=(3, 32, 32), num_classes=10, info={}, seed=1)
+    trainer = BatchedTrainer(spec, x, y, lr=0.05, device=args.device)
+    init = spec.init_vector()
+    jobs = [
+        TrainJob(init.clone(), torch.randint(0, n_data, (args.steps, args.batch), generator=g))
+        for _ in range(args.nodes)
+    ]
+    samples = args.nodes * args.steps * args.batch
+
+    t_seq = _time(lambda: [trainer.run_one_reference(j) for j in jobs], args.repeats)
+    t_bat = _time(lambda: trainer.run(jobs), args.repeats)
+    big = TrainJob(init.clone(), torch.randint(0, n_data, (args.steps, 64), generator=g))
+    t_big = _time(lambda: trainer.run_one_reference(big), args.repeats)
+    big_sps = args.steps * 64 / t_big
+
+    res = {
+        "nodes": args.nodes,
+        "steps": args.steps,
+        "batch": args.batch,
+        "threads": torch.get_num_threads(),
+        "sequential_samples_per_s": samples / t_seq,
+        "batched_samples_per_s": samples / t_bat,
+        "single_batch64_samples_per_s": big_sps,
+        "batched_vs_sequential": t_seq / t_bat,
+        "batched_vs_batch64_ceiling": (samples / t_bat) / big_sps,
+    }
+    for k, v in res.items():
+        print(f"{k:>30}: {v:.3f}" if isinstance(v, float) else f"{k:>30}: {v}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
