@@ -10,8 +10,13 @@ import pytest
 from peerlearn.network.presets import PRESETS, NetworkSpec, build_network
 
 
-def test_every_preset_is_described():
-    assert set(PRESETS) == {"uniform", "stragglers", "ideal"}
+def test_every_preset_is_described_and_accepted_by_the_config():
+    from typing import get_args
+
+    from peerlearn.config.schema import PresetName
+
+    assert set(PRESETS) == set(get_args(PresetName))
+    assert all(PRESETS.values())
 
 
 def test_uniform():

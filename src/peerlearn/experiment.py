@@ -117,6 +117,8 @@ def _build(cfg: ExperimentConfig) -> Setup:
         stragglers=net.stragglers,
         straggler_ids=net.straggler_ids,
         latency_ms=net.latency_ms,
+        kollaps_xml=net.kollaps_xml,
+        intra_region_mbps=net.intra_region_mbps,
         seed=seed,
     )
     # which nodes and which test samples are evaluated: fixed for the run, drawn from the seed

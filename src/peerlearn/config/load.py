@@ -126,13 +126,13 @@ def format_error(exc: ValidationError, raw: dict[str, Any]) -> str:
 def _clean_loc(loc: tuple) -> tuple:
     # discriminated unions put the tag into the path (algorithm.dpsgd.key): drop it
     if len(loc) >= 2 and loc[0] == "algorithm" and isinstance(loc[1], str):
-        tags = [get_args(m.model_fields["name"].annotation)[0] for m in _algorithm_models()]
+        tags = [get_args(m.model_fields["name"].annotation)[0] for m in algorithm_models()]
         if loc[1] in tags:
             return (loc[0], *loc[2:])
     return tuple(loc)
 
 
-def _algorithm_models() -> list[type[BaseModel]]:
+def algorithm_models() -> list[type[BaseModel]]:
     ann = ExperimentConfig.model_fields["algorithm"].annotation
     members = get_args(ann) or (ann,)
     return [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
@@ -145,7 +145,7 @@ def _allowed_keys(section: tuple, raw: dict[str, Any]) -> list[str]:
             name = (raw.get("algorithm") or {}).get("name", "dpsgd")
             matches = [
                 m
-                for m in _algorithm_models()
+                for m in algorithm_models()
                 if get_args(m.model_fields["name"].annotation)[0] == name
             ]
             if not matches:

@@ -9,21 +9,26 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from peerlearn.config.algorithms_async import ADPSGDConfig, DivShareConfig, SwiftConfig
+from peerlearn.config.algorithms_sparse import (
+    ChocoConfig,
+    JWINSConfig,
+    SubsamplingConfig,
+    TopKConfig,
+)
+from peerlearn.config.sections import Section
 
 DatasetName = Literal["digits", "synthetic", "cifar10", "fashion_mnist", "movielens"]
 ModelName = Literal["mlp", "gn_lenet", "matrix_factorization"]
 PartitionName = Literal["iid", "kshard", "dirichlet", "by_user"]
 TopologyName = Literal["ring", "regular", "full", "small_world", "file"]
-PresetName = Literal["uniform", "stragglers", "ideal"]
+PresetName = Literal["uniform", "stragglers", "ideal", "divshare_60n7cs5", "diablo_60n", "kollaps"]
 
 PosInt = Annotated[int, Field(gt=0)]
 PosFloat = Annotated[float, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class DataConfig(Section):
@@ -85,6 +90,16 @@ class NetworkConfig(Section):
     stragglers: Annotated[int, Field(ge=0)] = 0
     straggler_ids: list[Annotated[int, Field(ge=0)]] | None = None
     latency_ms: NonNegFloat = 1.0
+    # preset "kollaps": a Kollaps 2.0 topology XML file
+    kollaps_xml: str | None = None
+    # Diablo: what two nodes of the same region get (the artifact's file defines no such link)
+    intra_region_mbps: PosFloat | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> NetworkConfig:
+        if self.preset == "kollaps" and not self.kollaps_xml:
+            raise ValueError("preset 'kollaps' needs network.kollaps_xml (a Kollaps XML file)")
+        return self
 
 
 class TopologyConfig(Section):
@@ -106,7 +121,17 @@ class DPSGDConfig(Section):
     name: Literal["dpsgd"] = "dpsgd"
 
 
-AlgorithmConfig = Annotated[DPSGDConfig, Field(discriminator="name")]
+AlgorithmConfig = Annotated[
+    DPSGDConfig
+    | DivShareConfig
+    | SwiftConfig
+    | ADPSGDConfig
+    | JWINSConfig
+    | TopKConfig
+    | SubsamplingConfig
+    | ChocoConfig,
+    Field(discriminator="name"),
+]
 
 
 class StopConfig(Section):

@@ -1,0 +1,91 @@
+"""Partial-sharing messages (JWINS, TopK; CHOCO-SGD with ``compress``): Elias indices + float codec.
+
+A partial message carries sorted coordinates (Elias-gamma coded, see ``elias``) and the values
+there (through a lossless float codec, see ``floats``); a full message carries every value and no
+indices, as the reference does when alpha >= metadata_cap. The encoded bytes are built once, when
+the payload is made, because the simulator needs their exact number and fpzip's output size is
+only known by compressing.
+
+Wire format (little-endian)::
+
+    int32 degree | uint8 flags | Elias block (partial only) | float blob (to the end)
+    flags: bit 0 = full share; bits 4-7 = float codec id (0 raw float32, 1 fpzip)
+
+data = the float blob (fpzip's own small header included); meta = degree, flags, Elias block.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from peerlearn.codecs import elias
+from peerlearn.codecs.floats import RAW, FloatCodec, codec_by_id
+from peerlearn.codecs.message import Payload
+
+_HEAD = struct.Struct("<iB")
+_FULL = 0x01
+
+
+@dataclass(eq=False, slots=True)
+class PartialPayload(Payload):
+    """Values at sorted ``indices`` (``None``: the whole vector) and the sender's degree."""
+
+    values: np.ndarray
+    indices: np.ndarray | None = None
+    degree: int = 0
+    codec: FloatCodec = RAW
+    _index_blob: bytes = field(init=False, repr=False, default=b"")
+    _value_blob: bytes = field(init=False, repr=False, default=b"")
+
+    def __post_init__(self) -> None:
+        self.values = np.ascontiguousarray(self.values, dtype=np.float32).reshape(-1)
+        if self.indices is not None:
+            self.indices = np.asarray(self.indices, dtype=np.int64).reshape(-1)
+            if self.indices.size != self.values.size:
+                raise ValueError(f"{self.indices.size} indices but {self.values.size} values")
+            self._index_blob = elias.encode(self.indices)
+        self._value_blob = self.codec.encode(self.values)
+
+    @property
+    def full(self) -> bool:
+        return self.indices is None
+
+    @property
+    def data_bytes(self) -> int:
+        return len(self._value_blob)
+
+    @property
+    def meta_bytes(self) -> int:
+        return _HEAD.size + len(self._index_blob)
+
+    def encode(self) -> bytes:
+        flags = (self.codec.codec_id << 4) | (_FULL if self.full else 0)
+        return _HEAD.pack(self.degree, flags) + self._index_blob + self._value_blob
+
+    @classmethod
+    def decode(cls, buf: bytes) -> PartialPayload:
+        if len(buf) < _HEAD.size:
+            raise ValueError(f"partial payload of {len(buf)} bytes is malformed")
+        degree, flags = _HEAD.unpack_from(buf)
+        codec = codec_by_id(flags >> 4)
+        pos = _HEAD.size
+        indices = None
+        if not flags & _FULL:
+            indices, used = elias.decode(buf, pos)
+            pos += used
+        value_blob = bytes(buf[pos:])
+        values = codec.decode(value_blob)
+        if indices is not None and indices.size != values.size:
+            raise ValueError(f"partial payload has {indices.size} indices but {values.size} values")
+        # keep the received blobs instead of re-encoding (fpzip is the expensive part)
+        payload = object.__new__(cls)
+        payload.values = values
+        payload.indices = indices
+        payload.degree = degree
+        payload.codec = codec
+        payload._index_blob = bytes(buf[_HEAD.size : pos])
+        payload._value_blob = value_blob
+        return payload

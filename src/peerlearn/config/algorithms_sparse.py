@@ -1,0 +1,73 @@
+"""Config sections of the communication-efficient algorithms (JWINS, TopK, sub-sampling, CHOCO).
+
+Defaults are the JWINS authors' configs (see ../shared/specs/jwins.md) where they exist. The
+TopK/sub-sampling fraction is 0.1 (the authors' baseline configs use 0.5). CHOCO-SGD has no
+authors' config: gamma = 0.25 for fraction 0.1 comes from a consensus sweep (gamma = 0.5 diverges
+at that fraction); see docs/algorithms_sparse.md.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from peerlearn.config.sections import Section
+
+Fraction = Annotated[float, Field(gt=0, le=1)]
+
+
+class JWINSConfig(Section):
+    name: Literal["jwins"] = "jwins"
+    wavelet: str = "sym2"
+    level: Annotated[int, Field(ge=1)] = 4
+    alpha_list: list[Fraction] = Field(
+        default_factory=lambda: [0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 1.0], min_length=1
+    )
+    metadata_cap: Fraction = 0.5
+    # a fixed alpha instead of the randomized cut-off (ablation)
+    fixed_alpha: Fraction | None = None
+    float_codec: Literal["auto", "fpzip", "raw"] = "auto"
+
+    @field_validator("wavelet")
+    @classmethod
+    def _known_wavelet(cls, value: str) -> str:
+        try:
+            import pywt
+        except ImportError:  # checked again when the protocol is built
+            return value
+        if value not in pywt.wavelist(kind="discrete"):
+            raise ValueError(
+                f"unknown wavelet {value!r}; allowed: discrete PyWavelets names such as "
+                "'sym2', 'haar', 'db4' (see pywt.wavelist(kind='discrete'))"
+            )
+        return value
+
+
+class TopKConfig(Section):
+    name: Literal["topk"] = "topk"
+    fraction: Fraction = 0.1
+    # fraction >= metadata_cap sends the whole model without indices (reference default 1.0)
+    metadata_cap: Fraction = 1.0
+    # rank by the accumulated unsent change instead of this round's change (authors: off)
+    accumulation: bool = False
+    float_codec: Literal["auto", "fpzip", "raw"] = "auto"
+
+
+class SubsamplingConfig(Section):
+    name: Literal["subsampling"] = "subsampling"
+    fraction: Fraction = 0.1
+
+
+class ChocoConfig(Section):
+    name: Literal["choco"] = "choco"
+    # TopK fraction of q = x - x_hat sent each round
+    fraction: Fraction = 0.1
+    # consensus step size (the reference's step_size)
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.25
+    # false: raw int32 indices + float32 values; true: Elias-gamma indices + float codec
+    compress: bool = False
+    float_codec: Literal["auto", "fpzip", "raw"] = "auto"
+
+
+SPARSE_ALGORITHMS = (JWINSConfig, TopKConfig, SubsamplingConfig, ChocoConfig)

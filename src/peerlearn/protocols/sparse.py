@@ -1,0 +1,259 @@
+"""Partial model sharing in synchronous rounds: TopK and random sub-sampling (JWINS's baselines).
+
+Both keep D-PSGD's round (train, send to every neighbour, wait for every neighbour's message of
+the same round, buffer later ones, Metropolis-Hastings average) and only change *what* is sent:
+
+* ``TopK`` (decentralizepy's ``PartialModel``): the current parameter values at the round(alpha*N)
+  coordinates that changed most since the last averaging (optionally plus the unsent accumulated
+  change), with Elias-coded indices; alpha >= metadata_cap sends the whole model.
+* ``Subsampling``: the values at a Bernoulli(alpha) mask drawn from a fresh seed each round; the
+  seed travels instead of the indices.
+
+A receiver fills every coordinate a neighbour did not send with its *own* value, so that
+neighbour's weight on it falls back to self, then averages. ``PartialSharing`` is also the engine
+of JWINS, which swaps the identity for a wavelet transform and draws alpha at random
+(``protocols/jwins.py``), mirroring the reference's JWINS(Wavelet(PartialModel)) chain.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+
+from peerlearn.codecs.floats import float_codec
+from peerlearn.codecs.message import Message, Payload
+from peerlearn.codecs.partial import PartialPayload
+from peerlearn.codecs.seedmask import SeedMaskVector
+from peerlearn.config.algorithms_sparse import SubsamplingConfig, TopKConfig
+from peerlearn.protocols.base import Action, Finish, Protocol, Record, Send, Train
+from peerlearn.protocols.dpsgd import metropolis_hastings
+
+
+def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Sorted indices of the ``k`` largest scores (ties broken deterministically, exactly k)."""
+    size = scores.size
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    if k >= size:
+        return np.arange(size, dtype=np.int64)
+    return np.sort(np.argpartition(scores, size - k)[size - k :]).astype(np.int64)
+
+
+class SyncRounds(Protocol):
+    """D-PSGD's synchronous round with pluggable payload and merge.
+
+    Subclasses build one payload per round (sent to every neighbour) and merge the neighbours'
+    payloads of the same round, given Metropolis-Hastings weights (key -1 = self) computed from
+    each payload's ``degree``.
+    """
+
+    def __init__(self, ctx, params, *, local_steps, max_iterations) -> None:
+        super().__init__(ctx, params, local_steps=local_steps, max_iterations=max_iterations)
+        self.trained = False
+        self.inbox: dict[int, dict[int, Any]] = defaultdict(dict)
+
+    # -- what subclasses provide ----------------------------------------------------------------
+    def start_records(self) -> list[Action]:
+        """Actions to emit once at start (e.g. which float codec the run uses)."""
+        return []
+
+    @abstractmethod
+    def make_payload(self) -> tuple[Payload, list[Action]]:
+        """This round's payload (the model is freshly trained) and any records to emit."""
+
+    @abstractmethod
+    def merge(self, got: dict[int, Any], weights: dict[int, float]) -> None:
+        """Combine own state with one payload per neighbour; writes ``ctx.model`` in place."""
+
+    # -- the round ------------------------------------------------------------------------------
+    @property
+    def degree(self) -> int:
+        return len(self.ctx.neighbors)
+
+    def model_array(self) -> np.ndarray:
+        """A float32 numpy copy of the node's current model."""
+        return self.ctx.model.detach().cpu().numpy().astype(np.float32, copy=True)
+
+    def set_model(self, x: np.ndarray) -> None:
+        self.ctx.model.copy_(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+
+    def on_start(self) -> list[Action]:
+        return [*self.start_records(), Train(self.local_steps)]
+
+    def on_training_done(self, steps: int) -> list[Action]:
+        self.trained = True
+        payload, records = self.make_payload()
+        sends: list[Action] = [
+            Send(j, "model", self.iteration, payload) for j in self.ctx.neighbors
+        ]
+        return records + sends + self._try_merge()
+
+    def on_message(self, message: Message) -> list[Action]:
+        if message.src not in self.ctx.neighbors or message.iteration < self.iteration:
+            return [Record("ignored_messages", 1.0)]
+        self.inbox[message.iteration][message.src] = message.payload
+        return self._try_merge()
+
+    def _try_merge(self) -> list[Action]:
+        got = self.inbox.get(self.iteration, {})
+        if not self.trained or len(got) < len(self.ctx.neighbors):
+            return []
+        del self.inbox[self.iteration]
+        weights = metropolis_hastings(self.degree, {j: p.degree for j, p in got.items()})
+        self.merge(got, weights)
+        self.iteration += 1
+        self.trained = False
+        if self.done_iterating():
+            return [Finish()]
+        return [Train(self.local_steps)]
+
+
+class PartialSharing(SyncRounds):
+    """Change-ranked partial sharing in a transform domain (identity here, wavelet in JWINS).
+
+    State (names as in jwins.md §3): ``x_prev`` the model after the last averaging (the training
+    delta's reference), ``acc`` the accumulator A (transform length) when accumulation is on,
+    ``p`` the whole-round reference used when averaging changes are accumulated too, and a
+    per-coefficient share counter.
+    """
+
+    #: ``acc`` += this round's training change, ranking by the whole unsent change
+    accumulation: bool = False
+    #: legacy JWINS mode: ranking by train change + A; after averaging A += T(x_new - p)
+    accumulate_averaging_changes: bool = False
+
+    def __init__(self, ctx, params, *, local_steps, max_iterations) -> None:
+        super().__init__(ctx, params, local_steps=local_steps, max_iterations=max_iterations)
+        self.n = int(ctx.model.numel())
+        self.codec = float_codec(params.float_codec)
+        self.setup_transform()
+        self.x_prev = self.model_array()
+        self.p = self.x_prev
+        self.acc = np.zeros(self.length, dtype=np.float32) if self.accumulation else None
+        self.share_counter = np.zeros(self.length, dtype=np.int64)
+        self.own: np.ndarray | None = None  # this round's pre-averaging coefficients
+
+    # -- transform hooks (identity) -------------------------------------------------------------
+    def setup_transform(self) -> None:
+        self.length = self.n
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def inverse(self, c: np.ndarray) -> np.ndarray:
+        return c
+
+    @abstractmethod
+    def draw_alpha(self) -> float:
+        """The fraction of coefficients to send this round."""
+
+    @property
+    @abstractmethod
+    def metadata_cap(self) -> float: ...
+
+    # -- the round ------------------------------------------------------------------------------
+    def start_records(self) -> list[Action]:
+        return [Record("float_codec_fpzip", 1.0 if self.codec.name == "fpzip" else 0.0)]
+
+    def make_payload(self) -> tuple[Payload, list[Action]]:
+        alpha = self.draw_alpha()
+        x = self.model_array()
+        coeffs = self.forward(x)
+        self.own = coeffs
+        if alpha >= self.metadata_cap:  # full share: nothing stays pending
+            if self.acc is not None:
+                self.acc[:] = 0
+            self.share_counter += 1
+            payload = PartialPayload(coeffs, None, self.degree, self.codec)
+            sent = self.length
+        else:
+            change = self.forward(x - self.x_prev)
+            if self.acc is not None:
+                if self.accumulate_averaging_changes:
+                    change = change + self.acc
+                else:
+                    self.acc += change
+                    change = self.acc
+            idx = top_k_indices(np.abs(change), round(alpha * self.length))
+            if self.acc is not None:
+                self.acc[idx] = 0  # what is sent is no longer pending
+            self.share_counter[idx] += 1
+            payload = PartialPayload(coeffs[idx], idx, self.degree, self.codec)
+            sent = idx.size
+        return payload, [Record("alpha", alpha), Record("sent_fraction", sent / self.length)]
+
+    def merge(self, got: dict[int, PartialPayload], weights: dict[int, float]) -> None:
+        own = self.own
+        assert own is not None
+        mixed = own * np.float32(weights[-1])
+        for j in sorted(got):  # fixed order: identical sums in every run
+            payload = got[j]
+            if payload.full:
+                theirs = payload.values
+            else:
+                theirs = own.copy()
+                theirs[payload.indices] = payload.values
+            mixed += np.float32(weights[j]) * theirs
+        x_new = self.inverse(mixed)
+        self.set_model(x_new)
+        if self.acc is not None and self.accumulate_averaging_changes:
+            self.acc += self.forward(x_new - self.p)
+        self.p = x_new
+        self.x_prev = x_new
+        self.own = None
+
+
+class TopK(PartialSharing):
+    name = "topk"
+    description = (
+        "partial sharing (TopK/PartialModel): most-changed parameters, Elias-coded indices, "
+        "receivers fill the rest with their own values"
+    )
+
+    def __init__(self, ctx, params, *, local_steps, max_iterations) -> None:
+        params = params if params is not None else TopKConfig()
+        self.accumulation = params.accumulation
+        super().__init__(ctx, params, local_steps=local_steps, max_iterations=max_iterations)
+
+    def draw_alpha(self) -> float:
+        return self.params.fraction
+
+    @property
+    def metadata_cap(self) -> float:
+        return self.params.metadata_cap
+
+
+class Subsampling(SyncRounds):
+    name = "subsampling"
+    description = (
+        "random sub-sampling: a fresh seeded Bernoulli mask each round, the seed sent instead "
+        "of indices"
+    )
+
+    def __init__(self, ctx, params, *, local_steps, max_iterations) -> None:
+        params = params if params is not None else SubsamplingConfig()
+        super().__init__(ctx, params, local_steps=local_steps, max_iterations=max_iterations)
+        self.n = int(ctx.model.numel())
+        self.own: np.ndarray | None = None
+
+    def make_payload(self) -> tuple[Payload, list[Action]]:
+        x = self.model_array()
+        self.own = x
+        seed = int(self.ctx.rng.integers(0, 2**63))
+        payload = SeedMaskVector.of(x, seed, float(self.params.fraction), self.degree)
+        return payload, [Record("sent_fraction", payload.values.size / self.n)]
+
+    def merge(self, got: dict[int, SeedMaskVector], weights: dict[int, float]) -> None:
+        own = self.own
+        assert own is not None
+        mixed = own * np.float32(weights[-1])
+        for j in sorted(got):
+            theirs = own.copy()
+            theirs[got[j].indices()] = got[j].values
+            mixed += np.float32(weights[j]) * theirs
+        self.set_model(mixed)
+        self.own = None
