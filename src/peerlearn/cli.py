@@ -33,6 +33,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     run.add_argument("--quiet", action="store_true", help="no progress bar or table")
 
+    cmp = sub.add_parser("compare", help="one experiment under several algorithms, side by side")
+    cmp.add_argument("config", nargs="?", type=Path, help="experiment TOML file")
+    cmp.add_argument(
+        "--algorithms",
+        required=True,
+        help="comma-separated names, each optionally with parameters: divshare[fragments=2],swift",
+    )
+    cmp.add_argument("--baseline", help="the variant ratios are taken against (default: last)")
+    cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    cmp.add_argument(
+        "--out", type=Path, help="directory for all runs (default: runs/<name>-compare)"
+    )
+    cmp.add_argument("--overwrite", action="store_true")
+    cmp.add_argument("--quiet", action="store_true")
+
     sub.add_parser("list", help="algorithms, datasets, models, partitions, topologies, presets")
 
     insp = sub.add_parser("inspect-data", help="per-node sample and label counts of a config")
@@ -70,7 +85,7 @@ def _cmd_list(out: Console) -> int:
         "by_user": "MovieLens: contiguous blocks of users, local 70/30 train/test",
     }
     groups = {
-        "algorithms": {k: v.description for k, v in PROTOCOLS.items()},
+        "algorithms": {k: v.description for k, v in PROTOCOLS.load_all().items()},
         "datasets": DATASETS,
         "models": MODELS,
         "partitions": partitions,
@@ -82,7 +97,7 @@ def _cmd_list(out: Console) -> int:
         table.add_column("name", style="bold")
         table.add_column("description")
         for name, desc in items.items():
-            table.add_row(name, desc)
+            table.add_row(escape(name), escape(desc))
         out.print(table)
     return 0
 
@@ -127,6 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args, out)
+        if args.command == "compare":
+            from peerlearn.compare import run_compare
+
+            run_compare(
+                args.config,
+                args.algorithms,
+                args.overrides,
+                args.out,
+                overwrite=args.overwrite,
+                quiet=args.quiet,
+                baseline=args.baseline,
+            )
+            return 0
         if args.command == "list":
             return _cmd_list(out)
         if args.command == "inspect-data":

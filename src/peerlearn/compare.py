@@ -1,0 +1,119 @@
+"""``peerlearn compare``: the same experiment under several algorithms, side by side.
+
+Each entry of ``--algorithms`` is a name, optionally with parameters in brackets, e.g.
+``divshare[fragments=2],swift,adpsgd``. Every run starts from the same config (same data, seed,
+network and budget); the algorithm section keeps the keys the algorithm accepts (``fanout`` carries
+over from DivShare to Swift, ``fragments`` does not) and takes the bracketed ones on top.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, get_args
+
+from rich.console import Console
+
+from peerlearn.config.load import (
+    ConfigError,
+    algorithm_models,
+    apply_overrides,
+    quickstart_toml,
+    read_toml,
+    validate,
+)
+from peerlearn.config.schema import ExperimentConfig
+from peerlearn.results.comparison import comparison_table, write_comparison
+from peerlearn.results.rundir import RunDirError, prepare_run_dir
+from peerlearn.runner import run_experiment
+
+_ENTRY = re.compile(r"^\s*([a-z_]+)\s*(?:\[(.*)\])?\s*$")
+
+
+def parse_algorithms(spec: str) -> list[tuple[str, str, list[str]]]:
+    """``"divshare[fragments=2],swift"`` -> [(label, name, ["fragments=2"]), ...]."""
+    entries, depth, cur = [], 0, ""
+    for ch in spec:  # split on commas outside brackets
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            entries.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    entries.append(cur)
+    out = []
+    for entry in entries:
+        m = _ENTRY.match(entry)
+        if not m:
+            raise ConfigError(
+                f"--algorithms: cannot read {entry!r}; expected name or name[k=v;...]"
+            )
+        name, params = m.group(1), [p.strip() for p in (m.group(2) or "").split(";") if p.strip()]
+        label = name + "".join(
+            "-" + p.replace("=", "").replace(".", "p").replace(" ", "") for p in params
+        )
+        out.append((label, name, params))
+    labels = [e[0] for e in out]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"--algorithms lists the same variant twice: {labels}")
+    return out
+
+
+def _algorithm_fields(name: str) -> set[str] | None:
+    for member in algorithm_models():
+        if get_args(member.model_fields["name"].annotation) == (name,):
+            return set(member.model_fields)
+    return None
+
+
+def variant_config(raw: dict[str, Any], name: str, params: list[str]) -> ExperimentConfig:
+    fields = _algorithm_fields(name)
+    if fields is None:
+        # let the normal validation produce the one-line unknown-algorithm error
+        return validate({**raw, "algorithm": {"name": name}})
+    base = {k: v for k, v in (raw.get("algorithm") or {}).items() if k in fields}
+    cfg_raw = {**raw, "algorithm": {**base, "name": name}}
+    cfg_raw = apply_overrides(cfg_raw, [f"algorithm.{p}" for p in params])
+    return validate(cfg_raw)
+
+
+def run_compare(
+    config: Path | None,
+    algorithms: str,
+    overrides: list[str],
+    out: Path | None,
+    *,
+    overwrite: bool = False,
+    quiet: bool = False,
+    baseline: str | None = None,
+) -> dict[str, Any]:
+    raw = read_toml(config) if config is not None else tomllib.loads(quickstart_toml())
+    raw = apply_overrides(raw, overrides)
+    variants = parse_algorithms(algorithms)
+    cfgs = {label: variant_config(raw, name, params) for label, name, params in variants}
+    name = next(iter(cfgs.values())).name
+    root = prepare_run_dir(out, f"{name}-compare", overwrite=overwrite)
+    console = Console(stderr=True, quiet=quiet)
+    summaries: dict[str, dict[str, Any]] = {}
+    recorders = {}
+    for label, cfg in cfgs.items():
+        cfg = cfg.model_copy(update={"name": f"{cfg.name}-{label}"})
+        console.print(f"[bold]{label}[/bold]")
+        try:
+            res = run_experiment(cfg, root / label, quiet=quiet, console=console)
+        except RunDirError as exc:  # cannot happen in a fresh root; keep the message if it does
+            raise RunDirError(str(exc)) from None
+        summaries[label] = res.summary
+        recorders[label] = res.recorder
+    base = baseline or variants[-1][0]
+    if base not in summaries:
+        raise ConfigError(f"--baseline {base!r} is not one of {list(summaries)}")
+    comparison = write_comparison(root, summaries, recorders, baseline=base)
+    if not quiet:
+        Console().print(comparison_table(comparison))
+        console.print(f"results in [bold]{root}[/bold]")
+    (root / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
+    return comparison
