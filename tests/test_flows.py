@@ -363,3 +363,59 @@ def test_property_feasible_max_min_and_conserving(case):
     assert fn.received_by_node.sum() == pytest.approx(total, rel=1e-9, abs=1e-6)
     for node in range(n):
         assert fn.sent_by_node[node] >= -1e-9
+
+
+# -- bounded rate updates -----------------------------------------------------------------------
+
+
+def test_bounded_updates_give_new_flows_the_leftover_until_the_next_update() -> None:
+    # sender 0 uplink 10 B/s; flow A to 1 starts alone at t=0 and takes all 10 B/s
+    net = FlowNetwork(np.array([10.0, 100, 100]), np.array([100.0, 100, 100]), rate_update_s=1.0)
+    net.enqueue(1, 0, 1, 100)
+    assert net.rate(1) == pytest.approx(10.0)
+    net.advance_to(0.5)
+    net.enqueue(2, 0, 2, 100)  # no capacity left on 0's uplink: waits for the update at t=1
+    assert net.rate(2) == 0.0
+    assert net.next_completion_time() == pytest.approx(1.0)
+    assert net.advance_to(1.0) == []
+    assert net.rate(1) == pytest.approx(5.0) and net.rate(2) == pytest.approx(5.0)
+    assert net.recomputations == 2
+    # exact mode would have split the uplink at t=0.5 already
+    exact = FlowNetwork(np.array([10.0, 100, 100]), np.array([100.0, 100, 100]))
+    exact.enqueue(1, 0, 1, 100)
+    exact.advance_to(0.5)
+    exact.enqueue(2, 0, 2, 100)
+    assert exact.rate(2) == pytest.approx(5.0)
+
+
+def test_bounded_updates_never_exceed_capacity_and_deliver_everything() -> None:
+    rng = np.random.default_rng(3)
+    n = 6
+    net = FlowNetwork(rng.uniform(5, 20, n), rng.uniform(5, 20, n), rate_update_s=0.3)
+    msg = 0
+    done = []
+    for step in range(40):
+        for _ in range(rng.integers(0, 4)):
+            src, dst = rng.choice(n, 2, replace=False)
+            net.enqueue(msg, int(src), int(dst), int(rng.integers(1, 50)))
+            msg += 1
+        done += net.advance_to(net.now + 0.1 * (step % 3 + 1))
+        slots = net._active_slots()
+        up = np.bincount(net._src[slots], weights=net._rate[slots], minlength=n)
+        down = np.bincount(net._dst[slots], weights=net._rate[slots], minlength=n)
+        assert np.all(up <= net._caps[:n] * (1 + 1e-9))
+        assert np.all(down <= net._caps[n:] * (1 + 1e-9))
+    while math.isfinite(net.next_completion_time()):
+        done += net.advance_to(net.next_completion_time())
+    assert sorted(i for i, _ in done) == list(range(msg))
+
+
+def test_a_connection_with_a_backlog_keeps_its_rate_without_recomputing() -> None:
+    net = FlowNetwork(np.array([10.0, 10]), np.array([10.0, 10]))
+    for i in range(5):
+        net.enqueue(i, 0, 1, 10)
+    finished = []
+    while math.isfinite(net.next_completion_time()):
+        finished += net.advance_to(net.next_completion_time())
+    assert [t for _, t in finished] == pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert net.recomputations == 1

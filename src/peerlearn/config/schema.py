@@ -92,6 +92,9 @@ class NetworkConfig(Section):
     latency_ms: NonNegFloat = 1.0
     # preset "kollaps": a Kollaps 2.0 topology XML file
     kollaps_xml: str | None = None
+    # 0: exact max-min rates, recomputed at every change; > 0: recomputed at most this often
+    # (Kollaps updates every 0.05 s); in between, new connections take the capacity left over
+    rate_update_s: NonNegFloat = 0.0
     # Diablo: what two nodes of the same region get (the artifact's file defines no such link)
     intra_region_mbps: PosFloat | None = None
 

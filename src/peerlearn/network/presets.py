@@ -91,9 +91,16 @@ class NetworkSpec:
     def n(self) -> int:
         return len(self.up_Bps)
 
-    def to_flow_network(self) -> FlowNetwork:
+    def to_flow_network(self, rate_update_s: float = 0.0) -> FlowNetwork:
         """A fresh flow model at time 0 (the spec itself is never mutated)."""
-        return FlowNetwork(self.up_Bps, self.down_Bps, self.latency_s, self.links, self.route)
+        return FlowNetwork(
+            self.up_Bps,
+            self.down_Bps,
+            self.latency_s,
+            self.links,
+            self.route,
+            rate_update_s=rate_update_s,
+        )
 
 
 def build_network(

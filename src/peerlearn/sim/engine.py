@@ -119,7 +119,7 @@ class Simulator:
             MinibatchStream(setup.partition.train[i], cfg.train.batch_size, cfg.seed, i)
             for i in range(self.n)
         ]
-        self.net = setup.network.to_flow_network()
+        self.net = setup.network.to_flow_network(cfg.network.rate_update_s)
         self.queue = EventQueue()
         self.now = 0.0
         self.stop_time = cfg.stop.virtual_time_s if cfg.stop.virtual_time_s else math.inf

@@ -5,7 +5,8 @@ go through one FIFO connection, so only the head message of each (sender, receiv
 transmitting: that message is a *flow*. Transmitting flows share every resource they cross (the
 sender's uplink, the receiver's downlink and optional shared links) max-min fairly, and the
 allocation is recomputed whenever a flow starts, ends or is cancelled. Between two such changes
-rates are constant, so finishing times follow exactly from the remaining bytes.
+rates are constant, so each flow's finishing time is known exactly; a flow stores its remaining
+bytes at a reference time and is re-based only when its rate changes.
 
 The model is a pure state machine with no event queue of its own: the engine asks for
 ``next_completion_time()``, calls ``advance_to(t)`` and adds ``latency(src, dst)`` to each finishing
@@ -29,10 +30,6 @@ import numpy as np
 # A resource whose fair level is within this relative distance of the lowest level saturates in
 # the same round: ties in exact arithmetic must not split into two rounds because of rounding.
 SATURATION_RTOL = 1e-9
-# A flow is finished when its remaining bytes are below this fraction of its size (at least
-# FINISH_ATOL bytes), so rounding never leaves a flow with 1e-12 bytes to send.
-FINISH_RTOL = 1e-9
-FINISH_ATOL = 1e-9
 
 
 def max_min_rates(
@@ -86,6 +83,11 @@ class FlowNetwork:
 
     ``links`` are capacities (bytes/s) of shared links and ``route(src, dst)`` the indices of the
     links crossed by that pair (none by default); routes are cached per pair.
+
+    Each transmitting flow keeps its remaining bytes at a reference time, its rate, and hence its
+    absolute finishing time. Rates only change when the allocation is recomputed; only then are
+    the flows re-based, so an event that changes nothing costs O(1) and finding the next
+    completion is one ``min``. Byte counters are derived on demand from the same state.
     """
 
     def __init__(
@@ -95,7 +97,10 @@ class FlowNetwork:
         latency_s: np.ndarray | float = 0.0,
         links: Sequence[float] = (),
         route: Callable[[int, int], Sequence[int]] | None = None,
+        rate_update_s: float = 0.0,
     ) -> None:
+        if not (math.isfinite(rate_update_s) and rate_update_s >= 0):
+            raise ValueError(f"rate_update_s must be finite and >= 0, got {rate_update_s}")
         up = np.array(up_Bps, dtype=np.float64)
         down = np.array(down_Bps, dtype=np.float64)
         if up.ndim != 1 or up.shape != down.shape:
@@ -121,23 +126,33 @@ class FlowNetwork:
         self._routes: dict[tuple[int, int], tuple[int, ...]] = {}
 
         self.now = 0.0
-        self.sent_by_node = np.zeros(n)
-        self.received_by_node = np.zeros(n)
         self._msgs: dict[int, _Msg] = {}  # pending messages, in enqueue order
+        self._by_src: dict[int, dict[int, None]] = {}  # pending ids per sender, in order
         self._queues: dict[tuple[int, int], deque[int]] = {}
-        # Transmitting flows live in slots of parallel arrays so that accounting is vectorized;
-        # freed slots are reused (deterministically, last freed first).
+        # bytes of finished messages and of the transmitted part of cancelled ones
+        self._done_sent = np.zeros(n)
+        self._done_recv = np.zeros(n)
+        # Transmitting flows live in slots of parallel arrays; freed slots are reused
+        # (deterministically, last freed first). Free slots have finish = inf.
         self._slot_msg = np.full(0, -1, dtype=np.int64)
         self._src = np.zeros(0, dtype=np.int64)
         self._dst = np.zeros(0, dtype=np.int64)
         self._size = np.zeros(0)
-        self._sent = np.zeros(0)
+        self._rem = np.zeros(0)  # remaining bytes at time _ref
+        self._ref = np.zeros(0)
         self._rate = np.zeros(0)
+        self._finish = np.zeros(0)  # absolute finishing time at the current rate
         self._start_seq = np.zeros(0, dtype=np.int64)  # orders completions that tie in time
         self._slot_route: list[tuple[int, ...]] = []
         self._free: list[int] = []
         self._seq = 0
-        self._dirty = False  # rates must be recomputed before use
+        self._dirty = False  # the set of connections changed: rates must be recomputed
+        # Bounded rate updates (0 = exact): the allocation is recomputed at most every
+        # ``rate_update_s``; in between, a new connection takes what is left on its path.
+        self.rate_update_s = float(rate_update_s)
+        self._last_update = -math.inf
+        self._used = np.zeros(len(self._caps))  # sum of current rates per resource
+        self.recomputations = 0
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -156,19 +171,35 @@ class FlowNetwork:
     def bytes_sent(self, msg_id: int) -> float:
         """Bytes of a pending message transmitted so far; KeyError if not pending."""
         msg = self._msgs[msg_id]
-        return 0.0 if msg.slot < 0 else float(self._sent[msg.slot])
+        if msg.slot < 0:
+            return 0.0
+        return float(self._transmitted(np.array([msg.slot]))[0])
+
+    @property
+    def sent_by_node(self) -> np.ndarray:
+        """Cumulative bytes transmitted by each node (including partial and cancelled)."""
+        slots = self._active_slots()
+        part = np.bincount(self._src[slots], self._transmitted(slots), minlength=self.n)
+        return self._done_sent + part
+
+    @property
+    def received_by_node(self) -> np.ndarray:
+        """Cumulative bytes that crossed each node's downlink."""
+        slots = self._active_slots()
+        part = np.bincount(self._dst[slots], self._transmitted(slots), minlength=self.n)
+        return self._done_recv + part
 
     def pending(self, src: int | None = None) -> list[int]:
         """Ids of queued or transmitting messages (of ``src`` if given), in enqueue order."""
-        return [i for i, m in self._msgs.items() if src is None or m.src == src]
+        if src is None:
+            return list(self._msgs)
+        return list(self._by_src.get(src, ()))
 
     def next_completion_time(self) -> float:
-        """When the earliest transmitting flow finishes at current rates; inf if none."""
+        """When the earliest flow finishes (or a bounded update is due); inf if none."""
         self._refresh()
-        slots = self._active_slots()
-        if len(slots) == 0:
-            return math.inf
-        return self.now + float(self._time_to_finish(slots).min())
+        first = float(self._finish.min()) if len(self._finish) else math.inf
+        return min(max(first, self.now), self._next_update())
 
     # -- changes ---------------------------------------------------------------------------------
 
@@ -181,6 +212,7 @@ class FlowNetwork:
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, got {nbytes}")
         self._msgs[msg_id] = _Msg(src, dst, nbytes)
+        self._by_src.setdefault(src, {})[msg_id] = None
         queue = self._queues.setdefault((src, dst), deque())
         queue.append(msg_id)
         if len(queue) == 1:
@@ -193,25 +225,18 @@ class FlowNetwork:
         done: list[tuple[int, float]] = []
         while True:
             self._refresh()
-            slots = self._active_slots()
-            if len(slots) == 0:
+            first = float(self._finish.min()) if len(self._finish) else math.inf
+            tick = self._next_update()
+            if tick < first and tick <= t:
+                self.now = tick  # a bounded update is due: _refresh recomputes at the loop top
+                continue
+            if first > t:
                 break
-            ttf = self._time_to_finish(slots)
-            dt = float(ttf.min())
-            if self.now + dt <= t:
-                self._transmit(slots, dt)
-                self.now = self.now + dt
-                # The earliest flows finish now by construction; force them so the loop progresses.
-                finished = slots[(ttf <= dt) | self._finished(slots)]
-            else:
-                self._transmit(slots, t - self.now)
-                self.now = t
-                finished = slots[self._finished(slots)]  # within rounding of finishing at t
-                if len(finished) == 0:
-                    break
+            self.now = max(self.now, first)
+            finished = np.flatnonzero(self._finish <= first)
             for slot in finished[np.argsort(self._start_seq[finished], kind="stable")]:
                 msg_id = int(self._slot_msg[slot])
-                self._complete(slot)
+                self._complete(int(slot))
                 done.append((msg_id, self.now))
         self.now = t
         return done
@@ -230,9 +255,13 @@ class FlowNetwork:
             if msg.slot < 0:
                 self._queues[(msg.src, msg.dst)].remove(msg_id)
                 del self._msgs[msg_id]
+                del self._by_src[msg.src][msg_id]
                 out[msg_id] = 0.0
             else:
-                out[msg_id] = float(self._sent[msg.slot])
+                sent = float(self._transmitted(np.array([msg.slot]))[0])
+                self._done_sent[msg.src] += sent
+                self._done_recv[msg.dst] += sent
+                out[msg_id] = sent
                 self._finish_slot(msg.slot)
         return out
 
@@ -241,24 +270,23 @@ class FlowNetwork:
     def _active_slots(self) -> np.ndarray:
         return np.flatnonzero(self._slot_msg >= 0)
 
-    def _time_to_finish(self, slots: np.ndarray) -> np.ndarray:
-        remaining = self._size[slots] - self._sent[slots]
+    def _remaining(self, slots: np.ndarray) -> np.ndarray:
+        """Bytes left at ``now`` (0 for flows with infinite rate)."""
         rate = self._rate[slots]
+        with np.errstate(invalid="ignore"):
+            left = self._rem[slots] - rate * (self.now - self._ref[slots])
+        left = np.where(np.isinf(rate), 0.0, left)
+        return np.clip(left, 0.0, self._size[slots])
+
+    def _transmitted(self, slots: np.ndarray) -> np.ndarray:
+        return self._size[slots] - self._remaining(slots)
+
+    def _set_finish(self, slots: np.ndarray) -> None:
+        rate, rem, ref = self._rate[slots], self._rem[slots], self._ref[slots]
         with np.errstate(divide="ignore", invalid="ignore"):
-            ttf = np.where(rate > 0, remaining / rate, np.inf)
-        return np.where(self._finished(slots), 0.0, np.maximum(ttf, 0.0))
-
-    def _finished(self, slots: np.ndarray) -> np.ndarray:
-        size = self._size[slots]
-        return size - self._sent[slots] <= np.maximum(FINISH_RTOL * size, FINISH_ATOL)
-
-    def _transmit(self, slots: np.ndarray, dt: float) -> None:
-        if dt <= 0:  # also avoids inf * 0 for instantaneous flows
-            return
-        delta = self._rate[slots] * dt
-        self._sent[slots] += delta
-        self.sent_by_node += np.bincount(self._src[slots], weights=delta, minlength=self.n)
-        self.received_by_node += np.bincount(self._dst[slots], weights=delta, minlength=self.n)
+            finish = np.where(rate > 0, ref + rem / rate, np.inf)
+        # empty messages and infinite rates finish at once
+        self._finish[slots] = np.where((rem <= 0) | np.isinf(rate), ref, finish)
 
     def _route(self, src: int, dst: int) -> tuple[int, ...]:
         key = (src, dst)
@@ -269,66 +297,111 @@ class FlowNetwork:
             self._routes[key] = links
         return self._routes[key]
 
+    def _resources(self, slot: int) -> np.ndarray:
+        """Resource ids crossed by the flow in ``slot``: uplink, downlink, shared links."""
+        links = self._slot_route[slot]
+        base = [int(self._src[slot]), self.n + int(self._dst[slot])]
+        return np.array(base + [2 * self.n + k for k in links], dtype=np.int64)
+
+    def _load(self, slot: int, msg_id: int) -> None:
+        """Put a message at the head of the flow in ``slot``, starting now."""
+        msg = self._msgs[msg_id]
+        msg.slot = slot
+        self._slot_msg[slot] = msg_id
+        self._size[slot] = msg.nbytes
+        self._rem[slot] = msg.nbytes
+        self._ref[slot] = self.now
+        self._start_seq[slot] = self._seq
+        self._seq += 1
+
     def _start(self, msg_id: int) -> None:
+        """A connection becomes busy: a new flow, so the allocation changes."""
         msg = self._msgs[msg_id]
         route = self._route(msg.src, msg.dst)
         if not self._free:
             self._grow()
         slot = self._free.pop()
-        msg.slot = slot
-        self._slot_msg[slot] = msg_id
         self._src[slot], self._dst[slot] = msg.src, msg.dst
-        self._size[slot] = msg.nbytes
-        self._sent[slot] = 0.0
-        self._rate[slot] = 0.0
-        self._start_seq[slot] = self._seq
-        self._seq += 1
         self._slot_route[slot] = route
+        self._load(slot, msg_id)
+        self._rate[slot] = 0.0
         self._dirty = True
+        if self.rate_update_s > 0:
+            res = self._resources(slot)
+            rate = max(float((self._caps[res] - self._used[res]).min()), 0.0)
+            self._rate[slot] = rate
+            if math.isfinite(rate):
+                self._used[res] += rate
+        self._set_finish(np.array([slot]))
 
     def _complete(self, slot: int) -> None:
-        # Book the rounding remainder so node counters add up to exactly the message sizes.
-        rest = self._size[slot] - self._sent[slot]
-        self.sent_by_node[self._src[slot]] += rest
-        self.received_by_node[self._dst[slot]] += rest
+        # book the full size, so node counters add up to exactly the message sizes
+        self._done_sent[self._src[slot]] += self._size[slot]
+        self._done_recv[self._dst[slot]] += self._size[slot]
         self._finish_slot(slot)
 
     def _finish_slot(self, slot: int) -> None:
-        """Remove the head message in ``slot`` and start the next one of its connection."""
+        """Remove the head message in ``slot`` and start the next one of its connection.
+
+        The allocation depends only on which connections transmit, so when the connection has a
+        next message it takes over the slot and the rate unchanged: no recomputation needed.
+        """
         msg_id = int(self._slot_msg[slot])
         msg = self._msgs.pop(msg_id)
-        self._slot_msg[slot] = -1
-        self._free.append(slot)
+        del self._by_src[msg.src][msg_id]
         queue = self._queues[(msg.src, msg.dst)]
         queue.popleft()
         if queue:
-            self._start(queue[0])
-        else:
-            del self._queues[(msg.src, msg.dst)]
+            self._load(slot, queue[0])
+            self._set_finish(np.array([slot]))
+            return
+        del self._queues[(msg.src, msg.dst)]
+        self._slot_msg[slot] = -1
+        self._free.append(slot)
+        self._finish[slot] = np.inf
         self._dirty = True
+        if self.rate_update_s > 0 and math.isfinite(self._rate[slot]):
+            self._used[self._resources(slot)] -= self._rate[slot]  # left idle until the update
+        self._rate[slot] = 0.0
 
     def _grow(self) -> None:
         old = len(self._slot_msg)
         new = max(64, 2 * old)
         pad = new - old
-        self._slot_msg = np.concatenate([self._slot_msg, np.full(pad, -1, dtype=np.int64)])
-        self._src = np.concatenate([self._src, np.zeros(pad, dtype=np.int64)])
-        self._dst = np.concatenate([self._dst, np.zeros(pad, dtype=np.int64)])
-        self._size = np.concatenate([self._size, np.zeros(pad)])
-        self._sent = np.concatenate([self._sent, np.zeros(pad)])
-        self._rate = np.concatenate([self._rate, np.zeros(pad)])
-        self._start_seq = np.concatenate([self._start_seq, np.zeros(pad, dtype=np.int64)])
+
+        def ext(a: np.ndarray, fill: float) -> np.ndarray:
+            return np.concatenate([a, np.full(pad, fill, dtype=a.dtype)])
+
+        self._slot_msg = ext(self._slot_msg, -1)
+        self._src, self._dst = ext(self._src, 0), ext(self._dst, 0)
+        self._size, self._rem, self._ref = ext(self._size, 0), ext(self._rem, 0), ext(self._ref, 0)
+        self._rate, self._finish = ext(self._rate, 0), ext(self._finish, np.inf)
+        self._start_seq = ext(self._start_seq, 0)
         self._slot_route.extend([()] * pad)
         self._free.extend(range(new - 1, old - 1, -1))  # pop() hands out low slots first
 
+    def _next_update(self) -> float:
+        """When a pending bounded-rate update is due (inf when exact or nothing changed)."""
+        if self.rate_update_s <= 0 or not self._dirty:
+            return math.inf
+        return max(self._last_update + self.rate_update_s, self.now)
+
     def _refresh(self) -> None:
-        """Recompute the max-min allocation if the set of flows changed."""
+        """Recompute the max-min allocation if the set of flows changed (and an update is due)."""
         if not self._dirty:
             return
+        if self.rate_update_s > 0 and self.now < self._last_update + self.rate_update_s:
+            return  # bounded mode: provisional rates hold until the next update
         self._dirty = False
+        self._last_update = self.now
         slots = self._active_slots()
+        self._used[:] = 0.0
         if len(slots) == 0:
             return
+        self.recomputations += 1
+        # re-base every flow at now under its old rate, then give it its new rate
+        self._rem[slots] = self._remaining(slots)
+        self._ref[slots] = self.now
         flows = np.arange(len(slots))
         entry_flow = [flows, flows]
         entry_res = [self._src[slots], self.n + self._dst[slots]]
@@ -342,6 +415,11 @@ class FlowNetwork:
                     (k for r in routes for k in r), dtype=np.int64, count=int(lengths.sum())
                 )
             )
-        self._rate[slots] = max_min_rates(
-            self._caps, np.concatenate(entry_flow), np.concatenate(entry_res), len(slots)
-        )
+        e_flow, e_res = np.concatenate(entry_flow), np.concatenate(entry_res)
+        rates = max_min_rates(self._caps, e_flow, e_res, len(slots))
+        self._rate[slots] = rates
+        self._set_finish(slots)
+        if self.rate_update_s > 0:
+            w = rates[e_flow]
+            fin = np.isfinite(w)
+            self._used = np.bincount(e_res[fin], weights=w[fin], minlength=len(self._caps))
