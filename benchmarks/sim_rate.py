@@ -54,7 +54,7 @@ def main() -> None:
     rows = []
     for n in args.nodes:
         cmd = [sys.executable, __file__, "--child", str(n), "--virtual-s", str(args.virtual_s)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     print(
         f"{'nodes':>6} {'virt s/wall s':>14} {'sim wall s':>11} {'train':>6} {'jobs/batch':>11}"

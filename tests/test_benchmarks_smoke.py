@@ -1,0 +1,45 @@
+"""CI-sized runs of every benchmark script, so that they cannot rot (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+CASES = {
+    "sim_rate.py": ["--nodes", "6", "--virtual-s", "1"],
+    "train_throughput.py": ["--nodes", "2", "--steps", "1", "--repeats", "1"],
+    "network_model.py": [
+        "--nodes",
+        "8",
+        "--iterations",
+        "1",
+        "--updates",
+        "0.05",
+        "--engine-nodes",
+        "8",
+        "--engine-virtual-s",
+        "0.5",
+    ],
+}
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_benchmark_runs_and_writes_json(script: str, tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    cmd = [sys.executable, str(BENCH / script), *CASES[script], "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())
+
+
+def test_codec_benchmark_runs() -> None:
+    cmd = [sys.executable, str(BENCH / "codec_time.py"), "--repeats", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ms" in proc.stdout
