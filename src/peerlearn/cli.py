@@ -48,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--overwrite", action="store_true")
     cmp.add_argument("--quiet", action="store_true")
 
+    cruns = sub.add_parser(
+        "compare-runs", help="finished run directories side by side (e.g. simulated vs deployed)"
+    )
+    cruns.add_argument("run_dirs", nargs="+", type=Path)
+    cruns.add_argument("--baseline", help="label ratios are taken against (default: the first)")
+    cruns.add_argument("--out", type=Path, help="directory for the joint plots and table")
+    cruns.add_argument("--overwrite", action="store_true")
+    cruns.add_argument("--quiet", action="store_true")
+
     dep = sub.add_parser("deploy", help="run every node as its own process here (real sockets)")
     dep.add_argument("config", nargs="?", type=Path, help="experiment TOML file")
     dep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -110,6 +119,9 @@ def _cmd_deploy(args, out: Console) -> int:
 
 
 def _cmd_node(args) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from peerlearn.config import load_config
     from peerlearn.deploy.process import parse_hosts, parse_ids, run_node_process
 
@@ -218,6 +230,17 @@ def main(argv: list[str] | None = None) -> int:
                 args.config,
                 args.algorithms,
                 args.overrides,
+                args.out,
+                overwrite=args.overwrite,
+                quiet=args.quiet,
+                baseline=args.baseline,
+            )
+            return 0
+        if args.command == "compare-runs":
+            from peerlearn.compare import compare_run_dirs
+
+            compare_run_dirs(
+                args.run_dirs,
                 args.out,
                 overwrite=args.overwrite,
                 quiet=args.quiet,

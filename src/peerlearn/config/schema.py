@@ -171,6 +171,9 @@ class DeployConfig(Section):
     max_message_bytes: PosInt | None = None
     # per-peer outgoing messages waiting in the process; beyond it the oldest is dropped
     max_queue: PosInt = 10_000
+    # kernel send buffer of each DEALER (0: the OS default); small values keep the backlog in
+    # the process, where DropPending can still remove it
+    sndbuf_bytes: Annotated[int, Field(ge=0)] = 0
     # ZeroMQ receive high-water mark (messages buffered by the library before TCP pushes back)
     rcvhwm: PosInt = 1000
     # a node that makes no training progress this long (waiting for dead peers) stops

@@ -241,6 +241,8 @@ class NodeRuntime:
             sock.setsockopt(z.IDENTITY, identity_of(self.node))
             sock.setsockopt(z.SNDHWM, 1)  # the backlog stays in our queue, where it can be dropped
             sock.setsockopt(z.LINGER, 0)
+            if self.cfg.deploy.sndbuf_bytes:
+                sock.setsockopt(z.SNDBUF, self.cfg.deploy.sndbuf_bytes)
             if self.keys is not None:
                 sock.curve_serverkey = self.keys.peers[peer]
                 sock.curve_publickey = self.keys.public
@@ -291,7 +293,7 @@ class NodeRuntime:
             handle.cancel()
         await asyncio.gather(*list(self.tasks), return_exceptions=True)
         if self.evaluates:
-            await self._evaluate(self.model.clone(), self.now())
+            await self._evaluate(self.model.clone(), self.now(), self.proto.iteration)
         self.record("stop_" + self.stop_reason, 1.0)
         self._write_results()
         self.close_sockets()
@@ -368,7 +370,7 @@ class NodeRuntime:
                     q.extend(keep)
             case SetTimer(delay_s=delay, tag=tag):
                 loop = asyncio.get_running_loop()
-                self.timers.append(loop.call_later(delay, self._feed, TimerFired(tag)))
+                self.timers.append(loop.call_later(delay, self._timer, tag))
             case Record(metric=metric, value=value):
                 self.record(metric, value)
             case Finish():
@@ -377,6 +379,13 @@ class NodeRuntime:
                 self.stats.finished = True
             case _:
                 raise TypeError(f"unknown action {action!r}")
+
+    def _timer(self, tag: str) -> None:
+        try:
+            self._feed(TimerFired(tag))
+        except Exception:
+            log.exception("node %d: timer %r", self.node, tag)
+            self.stop("error")
 
     async def _train(self, steps: int) -> None:
         """k steps on the node's own minibatch stream (the simulator's seeds), off the loop."""
@@ -472,12 +481,12 @@ class NodeRuntime:
             if self.stop_event.is_set():
                 return
             snap, when = self.model.clone(), self.now()
-            self._spawn(self._evaluate(snap, when))
+            self._spawn(self._evaluate(snap, when, self.proto.iteration))
             self._schedule_eval(loop, k + 1)
 
         self.timers.append(loop.call_later(max(0.0, t - self.now()), tick))
 
-    async def _evaluate(self, snapshot: torch.Tensor, when: float) -> None:
+    async def _evaluate(self, snapshot: torch.Tensor, when: float, it: int) -> None:
         assert self.evaluator is not None
         local = self.setup.partition.test
         t0 = time.perf_counter()
@@ -490,7 +499,6 @@ class NodeRuntime:
             ),
         )
         self.stats.eval_wall_s += time.perf_counter() - t0
-        it = self.proto.iteration
         for metric, values in out.items():
             self.rows.append((when, self.node, it, f"test_{metric}", float(values[0])))
         s = self.stats
