@@ -124,3 +124,59 @@ def test_ctrl_c_stops_everything_and_keeps_results(tmp_path: Path) -> None:
     assert summary["deploy"]["stop_reasons"] == {"interrupted": 3}
     assert summary["wall_time_s"] < 30
     assert summary["iterations"]["min"] >= 1
+
+
+def test_hosts_file_several_nodes_per_process_and_merge(tmp_path: Path) -> None:
+    """The multi-machine path on one machine: two 'hosts' (127.0.0.1 and 127.0.0.2), each one
+    ``peerlearn node`` process holding several nodes, then ``peerlearn merge``."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.2", 0))
+        except OSError:
+            import pytest
+
+            pytest.skip("127.0.0.2 is not a loopback address here")
+    from peerlearn.config import dump_config
+
+    run_dir = tmp_path / "run"
+    nodes_dir = run_dir / "nodes"
+    sync = nodes_dir / "sync"
+    sync.mkdir(parents=True)
+    (run_dir / "config.toml").write_text(dump_config(_cfg(3, 4)))
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 0,1  # first machine\n127.0.0.2 2\n")
+    procs = [
+        subprocess.Popen(
+            [
+                *(sys.executable, "-m", "peerlearn.cli", "node", str(run_dir / "config.toml")),
+                *("--hosts", str(hosts), "--ids", ids, "--out", str(nodes_dir)),
+                *("--sync-dir", str(sync)),
+            ],
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for ids in ("0-1", "2")
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(sync.glob("ready-*"))) < 3 and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in procs)
+            time.sleep(0.05)
+        (sync / "start").write_text(repr(time.time() + 0.2))
+        assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    merged = subprocess.run(
+        [sys.executable, "-m", "peerlearn.cli", "merge", str(run_dir)], env=_env(), check=False
+    )
+    assert merged.returncode == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["deploy"]["stop_reasons"] == {"deadline": 3}
+    assert summary["deploy"]["messages_rejected"] == {}
+    assert summary["final"]["test_acc_mean"] > 0.8
