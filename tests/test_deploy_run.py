@@ -61,7 +61,7 @@ def test_local_divshare_deployment(tmp_path: Path, monkeypatch) -> None:
     assert summary["deploy"]["nodes_failed"] == []
     assert summary["deploy"]["stop_reasons"] == {"deadline": 4}
     assert summary["deploy"]["messages_rejected"] == {}
-    assert 4.5 < summary["wall_time_s"] < 8
+    assert 4.5 < summary["wall_time_s"] < 10
     assert summary["final"]["test_acc_mean"] > 0.8
     assert summary["iterations"]["min"] >= 5
     # every byte sent is a header plus a payload: delivered never exceeds sent

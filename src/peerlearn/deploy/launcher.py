@@ -26,7 +26,7 @@ import numpy as np
 
 from peerlearn.config import ExperimentConfig, dump_config
 from peerlearn.deploy.errors import DeployError
-from peerlearn.results.metrics import ALL_NODES, MetricsRecorder, read_metrics_csv
+from peerlearn.results.metrics import ALL_NODES, MetricsRecorder
 from peerlearn.results.plots import write_plots
 from peerlearn.results.rundir import prepare_run_dir
 from peerlearn.results.summary import build_summary
@@ -158,7 +158,7 @@ def merge_run(cfg: ExperimentConfig, run_dir: Path, *, launcher_wall_s: float | 
     for i in range(n):
         path = nodes_dir / f"node-{i}.csv"
         if path.exists():
-            rec.rows += read_metrics_csv(path).rows
+            rec.rows += _read_node_csv(path)
     stats: dict[int, dict[str, Any]] = {}
     for i in range(n):
         path = nodes_dir / f"node-{i}.json"
@@ -221,6 +221,19 @@ def merge_run(cfg: ExperimentConfig, run_dir: Path, *, launcher_wall_s: float | 
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_plots(rec, run_dir / "plots", f"{cfg.name}: {cfg.algorithm.name} (deployed)")
     return summary, rec
+
+
+def _read_node_csv(path: Path) -> list[tuple[float, int, int, str, float]]:
+    """A node's rows; a line cut short by a node killed while writing is skipped."""
+    rows = []
+    for line in path.read_text().splitlines()[1:]:
+        parts = line.split(",")
+        try:
+            t, node, it, metric, value = parts
+            rows.append((float(t), int(node), int(it), metric, float(value)))
+        except ValueError:
+            continue
+    return rows
 
 
 def _aggregate(rec: MetricsRecorder, cfg: ExperimentConfig) -> None:

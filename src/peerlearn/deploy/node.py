@@ -1,9 +1,10 @@
 """The real-time runtime of one node: the same protocol object the simulator drives, on sockets.
 
-Transport as in the DivShare artifact: each node binds one ZeroMQ ROUTER (everything it receives)
-and holds one DEALER per peer whose identity is its own id. Unlike the artifact, the backlog lives
-in this process, not in ZeroMQ: each peer has its own FIFO of encoded frames here, and a sender
-task hands the head to a DEALER whose high-water mark is 1 only when the socket can take it. So
+Transport as in the DivShare artifact: each node binds one ZeroMQ ROUTER (everything it
+receives) and holds one DEALER per peer it sends to, whose identity is its own id. Unlike the
+artifact, the backlog lives in this process, not in ZeroMQ: each peer has its own FIFO of encoded
+frames here, and a sender task hands the head to a DEALER whose high-water mark is 1 only when
+the socket can take it. So
 ``DropPending`` really removes everything that has not left the process yet, and the bytes
 counted as sent are frames handed to ZeroMQ.
 
@@ -36,6 +37,7 @@ from peerlearn.codecs.message import Message
 from peerlearn.compute.evaluator import BatchedEvaluator
 from peerlearn.compute.sampler import MinibatchStream
 from peerlearn.compute.trainer import BatchedTrainer, TrainJob
+from peerlearn.deploy.errors import DeployError
 from peerlearn.deploy.wire import (
     ALGORITHM_PAYLOADS,
     WireError,
@@ -203,7 +205,6 @@ class NodeRuntime:
         self.stop_reason = ""
         self.timers: list[asyncio.TimerHandle] = []
         self.tasks: set[asyncio.Task] = set()
-        self.evals_done = 0
         self.csv_path = out_dir / f"node-{node}.csv"
 
     # -- clocks ----------------------------------------------------------------------------------
@@ -218,39 +219,44 @@ class NodeRuntime:
     # -- sockets ---------------------------------------------------------------------------------
 
     def open_sockets(self) -> None:
-        """Bind the ROUTER and connect one DEALER per peer; peers may come up later (ZeroMQ
-        reconnects on its own), so nothing here waits for them."""
-        z = zmq
-        router = self.zctx.socket(z.ROUTER)
-        router.setsockopt(z.LINGER, 0)
-        router.setsockopt(z.RCVHWM, self.cfg.deploy.rcvhwm)
+        """Bind the ROUTER (DEALERs are made on the first send to each peer)."""
+        router = self.zctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.RCVHWM, self.cfg.deploy.rcvhwm)
         # ZeroMQ cuts a connection sending frames far above the limit before buffering them;
         # frames just above it reach the checks below and are counted
-        router.setsockopt(z.MAXMSGSIZE, 2 * self.limits.max_bytes)
+        router.setsockopt(zmq.MAXMSGSIZE, 2 * self.limits.max_bytes)
         if self.keys is not None:
             router.curve_server = True
             router.curve_publickey = self.keys.public
             router.curve_secretkey = self.keys.secret
         port = self.endpoints[self.node].rsplit(":", 1)[1]
-        router.bind(f"tcp://{self.bind}:{port}")
+        address = f"tcp://{self.bind}:{port}"
+        try:
+            router.bind(address)
+        except zmq.ZMQError as exc:
+            router.close(linger=0)
+            raise DeployError(f"node {self.node} cannot listen on {address}: {exc}") from None
         self.router = router
-        for peer in range(self.n):
-            if peer == self.node:
-                continue
-            sock = self.zctx.socket(z.DEALER)
-            sock.setsockopt(z.IDENTITY, identity_of(self.node))
-            sock.setsockopt(z.SNDHWM, 1)  # the backlog stays in our queue, where it can be dropped
-            sock.setsockopt(z.LINGER, 0)
-            if self.cfg.deploy.sndbuf_bytes:
-                sock.setsockopt(z.SNDBUF, self.cfg.deploy.sndbuf_bytes)
-            if self.keys is not None:
-                sock.curve_serverkey = self.keys.peers[peer]
-                sock.curve_publickey = self.keys.public
-                sock.curve_secretkey = self.keys.secret
-            sock.connect(self.endpoints[peer])
-            self.dealers[peer] = sock
-            self.queues[peer] = deque()
-            self.wake[peer] = asyncio.Event()
+
+    def _connect(self, peer: int) -> None:
+        """A DEALER to ``peer``, made on the first send to it (a D-PSGD node on a sparse graph
+        needs only its neighbours'); the peer may not be up yet, ZeroMQ connects when it is."""
+        sock = self.zctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, identity_of(self.node))
+        sock.setsockopt(zmq.SNDHWM, 1)  # the backlog stays in our queue, where it can be dropped
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.cfg.deploy.sndbuf_bytes:
+            sock.setsockopt(zmq.SNDBUF, self.cfg.deploy.sndbuf_bytes)
+        if self.keys is not None:
+            sock.curve_serverkey = self.keys.peers[peer]
+            sock.curve_publickey = self.keys.public
+            sock.curve_secretkey = self.keys.secret
+        sock.connect(self.endpoints[peer])
+        self.dealers[peer] = sock
+        self.queues[peer] = deque()
+        self.wake[peer] = asyncio.Event()
+        self._spawn(self._sender(peer))
 
     def warm_up(self) -> None:
         """One throw-away training step and evaluation before the start: the first call of the
@@ -279,14 +285,14 @@ class NodeRuntime:
         loop = asyncio.get_running_loop()
         self.stats.start_lateness_s = max(0.0, self.now())
         self._spawn(self._receiver())
-        for peer in self.dealers:
-            self._spawn(self._sender(peer))
         self._spawn(self._watchdog())
         if self.evaluates:
             self._schedule_eval(loop)
         self.last_progress = self.now()
+        log.info("node %d: started %.3f s after the common start", self.node, self.now())
         self._feed(Started())
         await self.stop_event.wait()
+        log.info("node %d: stopping (%s) at %.3f s", self.node, self.stop_reason, self.now())
         for task in self.tasks:
             task.cancel()
         for handle in self.timers:
@@ -349,8 +355,10 @@ class NodeRuntime:
                 self.training = True
                 self._spawn(self._train(steps))
             case Send(dest=dest, kind=kind, iteration=iteration, payload=payload):
-                if dest == self.node or dest not in self.queues:
+                if dest == self.node or not 0 <= dest < self.n:
                     raise ValueError(f"node {self.node} sends to invalid destination {dest}")
+                if dest not in self.queues:
+                    self._connect(dest)
                 msg = Message(self.node, dest, kind, iteration, payload)
                 frame = encode_message(msg)  # encoded now: the payload is a snapshot
                 q = self.queues[dest]
