@@ -143,6 +143,8 @@ def test_garbage_is_counted_and_dropped(tmp_path: Path) -> None:
     # alone (its peers never came up), an asynchronous node keeps training
     assert stats.iterations >= 2
     assert stats.stop_reason == "test"
+    # its peers are down, so its fragments waited in the process; each flush really dropped them
+    assert stats.messages_dropped > 0 and stats.bytes_dropped > 0
     assert (tmp_path / "node-0.json").exists() and (tmp_path / "node-0.csv").exists()
 
 
@@ -203,3 +205,52 @@ def test_synchronous_node_without_peers_reports_a_stall(tmp_path: Path) -> None:
     assert stats.train_jobs == 1  # trained once, then waited for models that never came
     assert stats.iterations == 0
     assert took < 10
+
+
+def test_drop_pending_removes_only_what_has_not_left(tmp_path: Path) -> None:
+    from collections import deque
+
+    from peerlearn.deploy.node import _Outgoing
+    from peerlearn.protocols.base import DropPending
+
+    cfg = _cfg("divshare")
+    rt = NodeRuntime(
+        build_setup(cfg),
+        0,
+        ctx=None,
+        endpoints=endpoints(cfg, None),
+        bind="127.0.0.1",
+        start_at=time.time(),
+        out_dir=tmp_path,
+        executor=ThreadPoolExecutor(max_workers=1),
+    )
+    for peer in (1, 2):
+        rt.queues[peer] = deque(_Outgoing(it, b"x" * 10, 6, 4) for it in (0, 1, 2, 3))
+    rt._act(DropPending(before_iteration=2))
+    assert [m.iteration for m in rt.queues[1]] == [2, 3]
+    assert (rt.stats.messages_dropped, rt.stats.bytes_dropped) == (4, 40)
+    rt._act(DropPending())
+    assert not any(rt.queues.values())
+    assert rt.stats.messages_dropped == 8
+
+
+def test_emulated_compute_pads_training_to_the_simulated_time(tmp_path: Path) -> None:
+    cfg = _cfg(
+        "divshare",
+        "compute.step_time_s=0.2",
+        "train.local_steps=3",
+        "deploy.emulate_compute=true",
+    )
+
+    async def scenario():
+        ctx = zmq.asyncio.Context()
+        rt = _runtime(cfg, tmp_path, ctx)
+        run = asyncio.create_task(rt.run())
+        await asyncio.sleep(1.5)
+        rt.stop("test")
+        stats = await run
+        ctx.term()
+        return stats
+
+    stats = asyncio.run(scenario())
+    assert 1 <= stats.train_jobs <= 3  # 0.6 s per local training, not a few milliseconds
