@@ -15,7 +15,7 @@ USAGE_ERROR = 2
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="peerlearn",
-        description="Decentralized learning experiments, simulated in virtual time.",
+        description="Decentralized learning experiments, simulated in virtual time or deployed.",
     )
     sub = p.add_subparsers(dest="command", required=True)
 
