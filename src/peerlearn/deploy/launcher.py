@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,8 @@ def launch_local(
     cfg: ExperimentConfig,
     run_dir: Path,
     *,
-    on_started: Any = None,
-    log=print,
+    on_started: Callable[[list[subprocess.Popen]], None] | None = None,
+    log: Callable[[str], None] = print,
 ) -> float:
     """Run every node of ``cfg`` as a subprocess; returns the common start (epoch seconds)."""
     config = run_dir / "config.toml"
@@ -150,7 +151,9 @@ def launch_local(
         raise
 
 
-def merge_run(cfg: ExperimentConfig, run_dir: Path, *, launcher_wall_s: float | None = None):
+def merge_run(
+    cfg: ExperimentConfig, run_dir: Path, *, launcher_wall_s: float | None = None
+) -> tuple[dict[str, Any], MetricsRecorder]:
     """Per-node CSV/JSON files in ``run_dir/nodes`` -> metrics.csv, summary.json, plots."""
     nodes_dir = run_dir / "nodes"
     n = cfg.nodes
@@ -281,7 +284,11 @@ def deploy_experiment(
     cfg = cfg.model_copy(update={"engine": "deploy"})
     run_dir = prepare_run_dir(out, cfg.name, overwrite=overwrite)
     (run_dir / "config.toml").write_text(dump_config(cfg))
-    log = (lambda *_: None) if quiet else (lambda m: print(m, file=sys.stderr))
+
+    def log(message: str) -> None:
+        if not quiet:
+            print(message, file=sys.stderr)
+
     t0 = time.monotonic()
     launch_local(cfg, run_dir, log=log)
     summary, _ = merge_run(cfg, run_dir, launcher_wall_s=time.monotonic() - t0)
