@@ -52,7 +52,7 @@ class DeployResult:
     finished_all: bool
 
 
-def _node_command(config: Path, node: int, nodes_dir: Path, sync: Path) -> list[str]:
+def _node_command(config: Path, ids: list[int], nodes_dir: Path, sync: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -60,7 +60,7 @@ def _node_command(config: Path, node: int, nodes_dir: Path, sync: Path) -> list[
         "node",
         str(config),
         "--ids",
-        str(node),
+        ",".join(map(str, ids)),
         "--out",
         str(nodes_dir),
         "--sync-dir",
@@ -96,19 +96,22 @@ def launch_local(
     on_started: Callable[[list[subprocess.Popen]], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> float:
-    """Run every node of ``cfg`` as a subprocess; returns the common start (epoch seconds)."""
+    """Run the nodes of ``cfg`` as subprocesses (``deploy.nodes_per_process`` each; the log of
+    a process is named after its first node); returns the common start (epoch seconds)."""
     config = run_dir / "config.toml"
     nodes_dir = run_dir / "nodes"
     sync = nodes_dir / "sync"
     sync.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     procs: list[subprocess.Popen] = []
+    per = cfg.deploy.nodes_per_process
+    groups = [list(range(lo, min(lo + per, cfg.nodes))) for lo in range(0, cfg.nodes, per)]
     try:
-        for i in range(cfg.nodes):
-            with (nodes_dir / f"node-{i}.log").open("w") as logf:
+        for ids in groups:
+            with (nodes_dir / f"node-{ids[0]}.log").open("w") as logf:
                 procs.append(
                     subprocess.Popen(
-                        _node_command(config, i, nodes_dir, sync),
+                        _node_command(config, ids, nodes_dir, sync),
                         env=env,
                         stdout=logf,
                         stderr=subprocess.STDOUT,
@@ -121,7 +124,7 @@ def launch_local(
             ready = sum((sync / f"ready-{i}").exists() for i in range(cfg.nodes))
             if ready == cfg.nodes:
                 break
-            dead = [i for i, p in enumerate(procs) if p.poll() is not None]
+            dead = [ids[0] for ids, p in zip(groups, procs, strict=True) if p.poll() is not None]
             if dead:
                 tail = (nodes_dir / f"node-{dead[0]}.log").read_text()[-2000:]
                 raise DeployError(f"node {dead[0]} exited during set-up:\n{tail}")
