@@ -191,6 +191,10 @@ class DeployConfig(Section):
     emulate_compute: bool = False
     # ZeroMQ CURVE: a directory made by `peerlearn keys` (node-<i>.key, node-<i>.key_secret)
     keys_dir: str | None = None
+    # `peerlearn deploy --emulate`: one network namespace per node on this machine (root, Linux),
+    # links shaped with tc from the network preset; addresses from this private subnet
+    emulate: bool = False
+    emulate_subnet: str = "10.213.0.0/16"
 
 
 class ExperimentConfig(Section):
