@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from peerlearn.cli import main
@@ -22,7 +23,7 @@ from peerlearn.config import dump_config, load_config
 from peerlearn.deploy import emulate
 from peerlearn.deploy.errors import DeployError
 from peerlearn.deploy.launcher import deploy_experiment
-from peerlearn.network.presets import build_network
+from peerlearn.network.presets import NetworkSpec, RouteTable, build_network
 from tests.test_deploy_node import free_port_base
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -89,16 +90,17 @@ else:
 """
 
 
-def _exchange(net: emulate.EmulatedNetwork, n: int) -> float:
+def _exchange(net: emulate.EmulatedNetwork, n: int, src: int = 0, dst: int = 1) -> float:
+    """Seconds to send n bytes from src to dst and get a byte back (n = 1: median RTT)."""
     recv = subprocess.Popen(
-        [*net.exec_prefix(1), sys.executable, "-c", RECEIVER, net.addresses[1], str(n)],
+        [*net.exec_prefix(dst), sys.executable, "-c", RECEIVER, net.addresses[dst], str(n)],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert recv.stdout is not None and recv.stdout.readline().strip() == "ready"
         out = subprocess.run(
-            [*net.exec_prefix(0), sys.executable, "-c", SENDER, net.addresses[1], str(n)],
+            [*net.exec_prefix(src), sys.executable, "-c", SENDER, net.addresses[dst], str(n)],
             capture_output=True,
             text=True,
             timeout=30,
@@ -142,6 +144,28 @@ def test_asymmetric_rates_bound_by_slower_end() -> None:
 
 
 @needs_netns
+def test_private_pair_links() -> None:
+    """Per-pair links (as Diablo's): u32 filters on the destination pick each pair's class."""
+    links = {(0, 1): 0, (1, 0): 1, (0, 2): 2, (2, 0): 3, (1, 2): 4, (2, 1): 5}
+    mbps = [8, 8, 20, 20, 50, 50]
+    inf = np.full(3, np.inf)
+    spec = NetworkSpec(
+        inf,
+        inf.copy(),
+        np.zeros((3, 3)),
+        links=[m * 1e6 / 8 for m in mbps],
+        route=RouteTable(3, {pair: (k,) for pair, k in links.items()}),
+    )
+    net = emulate.EmulatedNetwork(spec, prefix=f"pl{os.getpid()}")
+    net.up()
+    try:
+        assert 1.0 * 0.9 < _exchange(net, 1_000_000, 0, 1) < 1.0 * 1.15  # 8 Mbit/s
+        assert 0.4 * 0.9 < _exchange(net, 1_000_000, 0, 2) < 0.4 * 1.15  # 20 Mbit/s
+    finally:
+        net.down()
+
+
+@needs_netns
 def test_latency_added() -> None:
     """50 ms end to end: 25 ms on each side, so a round trip takes about 100 ms."""
     if not emulate.netem_available():
@@ -166,12 +190,15 @@ def test_plan_splits_latency_and_refuses_shared_links() -> None:
     assert emulate.plan_links(spec, ["a", "b", "c"], netem=False).notes  # says latency is lost
     with pytest.raises(DeployError, match="shared with other pairs"):
         emulate.plan_links(build_network("diablo_60n", 60), ["x"] * 60, netem=True)
+    args = ["deploy", "--emulate", "--set", "nodes=60", "--set", "network.preset=diablo_60n"]
+    if os.geteuid() == 0 and emulate.shutil.which("tc"):
+        assert main([*args, "--out", "/nonexistent/never-made"]) == 2  # before any mkdir
     diablo = build_network("diablo_60n", 60, intra_region_mbps=500)
     addrs = [f"10.0.0.{i + 1}" for i in range(60)]
     plan = emulate.plan_links(diablo, addrs, netem=True)
     # capetown (node 0) to tokyo (node 6): 26 Mbps, a u32 filter on tokyo-0's address
     assert (
-        "class add dev eth0 parent 1:1 classid 1:16 htb rate 26000000bit ceil 26000000bit"
+        "class add dev eth0 parent 1: classid 1:16 htb rate 26000000bit ceil 26000000bit"
         in (plan.node[0])
     )
     assert any("match ip dst 10.0.0.7/32 flowid 1:16" in line for line in plan.node[0])

@@ -40,8 +40,8 @@ from peerlearn.deploy.errors import DeployError
 from peerlearn.network.presets import NetworkSpec, build_network
 
 PREFIX_RE = re.compile(r"^pl(\d+)-")
-#: HTB wants a finite rate; an infinite capacity is simply not shaped
-_UNSHAPED = np.inf
+#: HTB wants a finite rate: what an uncapped class gets (tc overflows its burst beyond ~30 Gbit)
+_FAST = "10gbit"
 
 
 class EmulationUnavailable(DeployError):
@@ -169,7 +169,7 @@ def plan_links(spec: NetworkSpec, addresses: list[str], *, netem: bool) -> LinkP
         lines: list[str] = []
         if not per_pair:
             if np.isfinite(up) or (use_delay and L > 0):
-                rate = _bits(up) if np.isfinite(up) else "100gbit"
+                rate = _bits(up) if np.isfinite(up) else _FAST
                 lines += [
                     "qdisc add dev eth0 root handle 1: htb default 1",
                     f"class add dev eth0 parent 1: classid 1:1 htb rate {rate} ceil {rate}",
@@ -180,12 +180,15 @@ def plan_links(spec: NetworkSpec, addresses: list[str], *, netem: bool) -> LinkP
                         "limit 100000"
                     )
         else:
-            top = _bits(up) if np.isfinite(up) else "100gbit"
-            lines += [
-                "qdisc add dev eth0 root handle 1: htb default 2",
-                f"class add dev eth0 parent 1: classid 1:1 htb rate {top} ceil {top}",
-                f"class add dev eth0 parent 1:1 classid 1:2 htb rate {top} ceil {top}",
-            ]
+            # an uncapped node has no parent class: the pairs' classes hang from the root
+            top = _bits(up) if np.isfinite(up) else _FAST
+            parent = "1:1" if np.isfinite(up) else "1:"
+            lines.append("qdisc add dev eth0 root handle 1: htb default 2")
+            if np.isfinite(up):
+                lines.append(f"class add dev eth0 parent 1: classid 1:1 htb rate {top} ceil {top}")
+            lines.append(
+                f"class add dev eth0 parent {parent} classid 1:2 htb rate {top} ceil {top}"
+            )
             for j in range(n):
                 if j == i:
                     continue
@@ -193,7 +196,7 @@ def plan_links(spec: NetworkSpec, addresses: list[str], *, netem: bool) -> LinkP
                 rate = _bits(c) if np.isfinite(c) else top
                 cid = f"1:{j + 16:x}"
                 lines += [
-                    f"class add dev eth0 parent 1:1 classid {cid} htb rate {rate} ceil {rate}",
+                    f"class add dev eth0 parent {parent} classid {cid} htb rate {rate} ceil {rate}",
                     f"filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip dst "
                     f"{addresses[j]}/32 flowid {cid}",
                 ]
@@ -206,7 +209,7 @@ def plan_links(spec: NetworkSpec, addresses: list[str], *, netem: bool) -> LinkP
         blines: list[str] = []
         half = use_delay and not per_pair and L > 0
         if np.isfinite(down) or half:
-            rate = _bits(down) if np.isfinite(down) else "100gbit"
+            rate = _bits(down) if np.isfinite(down) else _FAST
             dev = f"v{i}"
             blines += [
                 f"qdisc add dev {dev} root handle 1: htb default 1",

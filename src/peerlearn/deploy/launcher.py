@@ -26,7 +26,12 @@ from typing import Any
 import numpy as np
 
 from peerlearn.config import ExperimentConfig, dump_config
-from peerlearn.deploy.emulate import EmulatedNetwork, check_available, network_spec
+from peerlearn.deploy.emulate import (
+    EmulatedNetwork,
+    check_available,
+    network_spec,
+    plan_links,
+)
 from peerlearn.deploy.errors import DeployError
 from peerlearn.results.metrics import ALL_NODES, MetricsRecorder
 from peerlearn.results.plots import write_plots
@@ -302,7 +307,7 @@ def deploy_experiment(
         check_available()
         if cfg.deploy.nodes_per_process != 1:
             raise DeployError("--emulate needs deploy.nodes_per_process = 1 (a namespace per node)")
-        network_spec(cfg)
+        plan_links(network_spec(cfg), [""] * cfg.nodes, netem=False)  # refuses shared links
     run_dir = prepare_run_dir(out, cfg.name, overwrite=overwrite)
     (run_dir / "config.toml").write_text(dump_config(cfg))
 
