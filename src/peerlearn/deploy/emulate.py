@@ -40,8 +40,9 @@ from peerlearn.deploy.errors import DeployError
 from peerlearn.network.presets import NetworkSpec, build_network
 
 PREFIX_RE = re.compile(r"^pl(\d+)-")
-#: HTB wants a finite rate: what an uncapped class gets (tc overflows its burst beyond ~30 Gbit)
-_FAST = "10gbit"
+#: HTB wants a finite rate: what an uncapped class gets, with an explicit burst (tc computes
+#: 0 bytes for such rates here) and a quantum that keeps tc from warning
+_FAST = "10gbit burst 1mb cburst 1mb quantum 60000"
 
 
 class EmulationUnavailable(DeployError):
@@ -117,6 +118,12 @@ def _bits(Bps: float) -> str:
     return f"{max(round(Bps * 8), 8)}bit"
 
 
+def _htb(rate: str) -> str:
+    """``rate R ceil R`` (a class that never borrows), burst options after both."""
+    r, _, extra = rate.partition(" ")
+    return f"htb rate {r} ceil {r}" + (f" {extra}" if extra else "")
+
+
 def _delay(seconds: float) -> str:
     return f"{seconds * 1e6:.0f}us"
 
@@ -158,8 +165,9 @@ def plan_links(spec: NetworkSpec, addresses: list[str], *, netem: bool) -> LinkP
     notes: list[str] = []
     if off.size and off.max() > 0 and not netem:
         notes.append(
-            f"latency not emulated: this kernel has no sch_netem (simulated latency "
-            f"{off.min() * 1e3:g}-{off.max() * 1e3:g} ms end to end); only rates are shaped"
+            "latency not emulated: this kernel has no sch_netem (simulated latency "
+            + (f"{off.min() * 1e3:g}-" if off.min() != off.max() else "")
+            + f"{off.max() * 1e3:g} ms end to end); only rates are shaped"
         )
     use_delay = netem and off.size > 0 and off.max() > 0
     node: list[list[str]] = []
@@ -172,7 +180,7 @@ def plan_links(spec: NetworkSpec, addresses: list[str], *, netem: bool) -> LinkP
                 rate = _bits(up) if np.isfinite(up) else _FAST
                 lines += [
                     "qdisc add dev eth0 root handle 1: htb default 1",
-                    f"class add dev eth0 parent 1: classid 1:1 htb rate {rate} ceil {rate}",
+                    f"class add dev eth0 parent 1: classid 1:1 {_htb(rate)}",
                 ]
                 if use_delay and L > 0:
                     lines.append(
@@ -185,10 +193,8 @@ def plan_links(spec: NetworkSpec, addresses: list[str], *, netem: bool) -> LinkP
             parent = "1:1" if np.isfinite(up) else "1:"
             lines.append("qdisc add dev eth0 root handle 1: htb default 2")
             if np.isfinite(up):
-                lines.append(f"class add dev eth0 parent 1: classid 1:1 htb rate {top} ceil {top}")
-            lines.append(
-                f"class add dev eth0 parent {parent} classid 1:2 htb rate {top} ceil {top}"
-            )
+                lines.append(f"class add dev eth0 parent 1: classid 1:1 {_htb(top)}")
+            lines.append(f"class add dev eth0 parent {parent} classid 1:2 {_htb(top)}")
             for j in range(n):
                 if j == i:
                     continue
@@ -196,7 +202,7 @@ def plan_links(spec: NetworkSpec, addresses: list[str], *, netem: bool) -> LinkP
                 rate = _bits(c) if np.isfinite(c) else top
                 cid = f"1:{j + 16:x}"
                 lines += [
-                    f"class add dev eth0 parent {parent} classid {cid} htb rate {rate} ceil {rate}",
+                    f"class add dev eth0 parent {parent} classid {cid} {_htb(rate)}",
                     f"filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip dst "
                     f"{addresses[j]}/32 flowid {cid}",
                 ]
@@ -213,7 +219,7 @@ def plan_links(spec: NetworkSpec, addresses: list[str], *, netem: bool) -> LinkP
             dev = f"v{i}"
             blines += [
                 f"qdisc add dev {dev} root handle 1: htb default 1",
-                f"class add dev {dev} parent 1: classid 1:1 htb rate {rate} ceil {rate}",
+                f"class add dev {dev} parent 1: classid 1:1 {_htb(rate)}",
             ]
             if half:
                 blines.append(
