@@ -280,10 +280,12 @@ def _start_launcher(tmp_path: Path, seconds: float) -> tuple[subprocess.Popen, s
 
 
 @needs_netns
-def test_sigterm_tears_down(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_tears_down(tmp_path: Path, sig: signal.Signals) -> None:
+    """SIGTERM (kill) and SIGINT (Ctrl-C) mid-run: nodes stop, results merge, namespaces go."""
     proc, prefix = _start_launcher(tmp_path, 30)
     time.sleep(1)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     proc.wait(timeout=30)
     assert _ours(prefix) == []
     assert (tmp_path / "r" / "summary.json").exists()  # stopped like Ctrl-C: results merged
