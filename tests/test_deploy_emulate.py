@@ -257,6 +257,35 @@ def test_emulated_divshare_run(tmp_path: Path, monkeypatch) -> None:
     assert _ours(emu["prefix"] + "-") == []
 
 
+@needs_netns
+@pytest.mark.parametrize("mode", ["transport", "off"])
+def test_transport_latency_paces_dpsgd(tmp_path: Path, monkeypatch, mode: str) -> None:
+    """Without netem, the sender holds each frame: synchronous D-PSGD over a 250 ms link can do
+    at most one iteration per 250 ms; with latency off it does many more."""
+    for k, v in _env().items():
+        monkeypatch.setenv(k, v)
+    args = _cfg_args(2, 4)
+    args[args.index("algorithm.name=divshare") :] = [
+        "algorithm.name=dpsgd",
+        "stop.virtual_time_s=4",
+        "eval.every_s=2",
+        "eval.test_samples=200",
+        f"deploy.base_port={free_port_base(2)}",
+        "deploy.emulate=true",
+        "network.latency_ms=250",
+        "network.mbps=100",
+        f"deploy.emulate_latency={mode}",
+    ]
+    _, summary = deploy_experiment(load_config(None, args), tmp_path / "run", quiet=True)
+    assert summary["deploy"]["emulation"]["latency"] == mode
+    iters = summary["iterations"]["max"]
+    print(f"emulate_latency={mode}: {iters} D-PSGD iterations in 4 s")
+    if mode == "transport":
+        assert 4 <= iters <= 4 / 0.25 + 1, iters
+    else:
+        assert iters > 4 / 0.25 + 1, iters
+
+
 def _start_launcher(tmp_path: Path, seconds: float) -> tuple[subprocess.Popen, str]:
     cfg = load_config(None, _cfg_args(2, seconds))
     path = tmp_path / "exp.toml"

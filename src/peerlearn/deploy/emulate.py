@@ -240,7 +240,12 @@ class EmulatedNetwork:
     exit, so a crash of the launcher still removes them (SIGKILL: ``emulate-cleanup``)."""
 
     def __init__(
-        self, spec: NetworkSpec, *, subnet: str = "10.213.0.0/16", prefix: str | None = None
+        self,
+        spec: NetworkSpec,
+        *,
+        subnet: str = "10.213.0.0/16",
+        prefix: str | None = None,
+        latency: str = "auto",
     ) -> None:
         check_available()
         net = ipaddress.ip_network(subnet)
@@ -253,6 +258,7 @@ class EmulatedNetwork:
         self.addresses = [str(net.network_address + i + 1) for i in range(spec.n)]
         self.prefixlen = net.prefixlen
         self.plan: LinkPlan | None = None
+        self.latency = latency  # resolved by up(): netem, transport or off
         self._up = False
 
     def up(self) -> LinkPlan:
@@ -262,7 +268,7 @@ class EmulatedNetwork:
             raise DeployError(
                 f"namespaces {existing[:3]} already exist (run `peerlearn emulate-cleanup`)"
             )
-        plan = plan_links(self.spec, self.addresses, netem=netem_available())
+        plan = self._plan()
         self._up = True
         atexit.register(self.down)
         try:
@@ -287,6 +293,27 @@ class EmulatedNetwork:
         self.plan = plan
         return plan
 
+    def _plan(self) -> LinkPlan:
+        """The tc plan, with ``latency`` resolved (auto: netem if the kernel has it)."""
+        has_netem = netem_available() if self.latency in ("auto", "netem") else False
+        if self.latency == "netem" and not has_netem:
+            raise DeployError(
+                "deploy.emulate_latency = netem but this kernel has no sch_netem "
+                "(use auto or transport)"
+            )
+        if self.latency == "auto":
+            self.latency = "netem" if has_netem else "transport"
+        plan = plan_links(self.spec, self.addresses, netem=self.latency == "netem")
+        if self.latency == "transport":
+            plan.notes = [
+                "latency emulated in the transport (no sch_netem): each frame waits "
+                "latency[i, j] in the sender before ZeroMQ; TCP acknowledgements are not delayed"
+            ]
+            plan.latency_split = "transport: whole latency held in the sender, before the link"
+        elif self.latency == "off":
+            plan.notes = ["latency not emulated (deploy.emulate_latency = off)"]
+        return plan
+
     def exec_prefix(self, i: int) -> list[str]:
         """What to put before a command to run it in node i's namespace."""
         return ["ip", "netns", "exec", self.namespaces[i]]
@@ -298,6 +325,7 @@ class EmulatedNetwork:
             "addresses": self.addresses,
             "up_mbps": [float(x) * 8 / 1e6 for x in self.spec.up_Bps],
             "down_mbps": [float(x) * 8 / 1e6 for x in self.spec.down_Bps],
+            "latency": self.latency,
             "latency_split": plan.latency_split if plan else None,
             "notes": plan.notes if plan else [],
             "network": self.spec.description,

@@ -333,7 +333,9 @@ def _deploy_emulated(
     leaves them behind, for ``peerlearn emulate-cleanup``.
     """
     spec = network_spec(cfg)
-    net = EmulatedNetwork(spec, subnet=cfg.deploy.emulate_subnet)
+    net = EmulatedNetwork(
+        spec, subnet=cfg.deploy.emulate_subnet, latency=cfg.deploy.emulate_latency
+    )
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
@@ -346,6 +348,10 @@ def _deploy_emulated(
             log(f"emulation: {note}")
         log(f"emulation: {cfg.nodes} namespaces {net.prefix}-*, {spec.description}")
         (run_dir / "emulation.json").write_text(json.dumps(net.describe(), indent=2) + "\n")
+        # the nodes read the resolved latency mode (transport: they hold frames themselves)
+        deploy = cfg.deploy.model_copy(update={"emulate_latency": net.latency})
+        cfg = cfg.model_copy(update={"deploy": deploy})
+        (run_dir / "config.toml").write_text(dump_config(cfg))
         launch_local(cfg, run_dir, log=log, emulated=net)
         summary, _ = merge_run(cfg, run_dir, launcher_wall_s=time.monotonic() - t0)
         summary["deploy"]["emulation"] = net.describe()
