@@ -181,7 +181,7 @@ def test_latency_added() -> None:
         net.down()
 
 
-def test_plan_splits_latency_and_refuses_shared_links() -> None:
+def test_plan_splits_latency_and_refuses_shared_links(capsys) -> None:
     spec = build_network("uniform", 3, mbps=16, latency_ms=10)
     plan = emulate.plan_links(spec, ["10.0.0.1", "10.0.0.2", "10.0.0.3"], netem=True)
     assert any("rate 16000000bit" in line for line in plan.node[0])
@@ -193,6 +193,10 @@ def test_plan_splits_latency_and_refuses_shared_links() -> None:
     args = ["deploy", "--emulate", "--set", "nodes=60", "--set", "network.preset=diablo_60n"]
     if os.geteuid() == 0 and emulate.shutil.which("tc"):
         assert main([*args, "--out", "/nonexistent/never-made"]) == 2  # before any mkdir
+        if not emulate.netem_available():
+            netem = ["deploy", "--emulate", "--set", "deploy.emulate_latency=netem"]
+            assert main([*netem, "--set", "nodes=8", "--out", "/nonexistent/x"]) == 2
+            assert "no sch_netem" in capsys.readouterr().err
     diablo = build_network("diablo_60n", 60, intra_region_mbps=500)
     addrs = [f"10.0.0.{i + 1}" for i in range(60)]
     plan = emulate.plan_links(diablo, addrs, netem=True)

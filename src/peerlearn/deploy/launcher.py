@@ -29,6 +29,7 @@ from peerlearn.config import ExperimentConfig, dump_config
 from peerlearn.deploy.emulate import (
     EmulatedNetwork,
     check_available,
+    netem_available,
     network_spec,
     plan_links,
 )
@@ -308,6 +309,8 @@ def deploy_experiment(
         if cfg.deploy.nodes_per_process != 1:
             raise DeployError("--emulate needs deploy.nodes_per_process = 1 (a namespace per node)")
         plan_links(network_spec(cfg), [""] * cfg.nodes, netem=False)  # refuses shared links
+        if cfg.deploy.emulate_latency == "netem" and not netem_available():
+            raise DeployError("deploy.emulate_latency = netem but this kernel has no sch_netem")
     run_dir = prepare_run_dir(out, cfg.name, overwrite=overwrite)
     (run_dir / "config.toml").write_text(dump_config(cfg))
 
