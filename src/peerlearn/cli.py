@@ -63,6 +63,17 @@ def _parser() -> argparse.ArgumentParser:
     dep.add_argument("--out", type=Path, help="run directory (default: runs/<name>[-k])")
     dep.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     dep.add_argument("--quiet", action="store_true")
+    dep.add_argument(
+        "--emulate",
+        action="store_true",
+        help="one network namespace per node, links shaped with tc (Linux, root)",
+    )
+
+    ecl = sub.add_parser(
+        "emulate-cleanup", help="remove namespaces left by emulated runs whose launcher is gone"
+    )
+    ecl.add_argument("--prefix", help="only namespaces starting with this (e.g. pl1234-)")
+    ecl.add_argument("--force", action="store_true", help="also those of live launchers")
 
     node = sub.add_parser("node", help="run some nodes of a deployment in this process")
     node.add_argument("config", type=Path, help="experiment TOML file (the same on every host)")
@@ -108,7 +119,10 @@ def _cmd_deploy(args, out: Console) -> int:
     from peerlearn.config import load_config
     from peerlearn.deploy.launcher import deploy_experiment
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if getattr(args, "emulate", False):
+        overrides.append("deploy.emulate=true")
+    cfg = load_config(args.config, overrides)
     run_dir, summary = deploy_experiment(cfg, args.out, overwrite=args.overwrite, quiet=args.quiet)
     if not args.quiet:
         from peerlearn.results.report import summary_table
@@ -251,6 +265,14 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_deploy(args, out)
         if args.command == "node":
             return _cmd_node(args)
+        if args.command == "emulate-cleanup":
+            from peerlearn.deploy.emulate import cleanup
+
+            removed = cleanup(args.prefix, force=args.force)
+            out.print(
+                f"removed {len(removed)} namespaces" + (f": {' '.join(removed)}" if removed else "")
+            )
+            return 0
         if args.command == "merge":
             return _cmd_merge(args, out)
         if args.command == "keys":

@@ -191,6 +191,13 @@ class DeployConfig(Section):
     emulate_compute: bool = False
     # ZeroMQ CURVE: a directory made by `peerlearn keys` (node-<i>.key, node-<i>.key_secret)
     keys_dir: str | None = None
+    # `peerlearn deploy --emulate`: one network namespace per node on this machine (root, Linux),
+    # links shaped with tc from the network preset; addresses from this private subnet
+    emulate: bool = False
+    emulate_subnet: str = "10.213.0.0/16"
+    # latency: netem in the kernel; transport: each frame held latency[i, j] in the sender before
+    # ZeroMQ (for kernels without sch_netem; ACKs are not delayed); auto: netem if present
+    emulate_latency: Literal["auto", "netem", "transport", "off"] = "auto"
 
 
 class ExperimentConfig(Section):

@@ -26,6 +26,13 @@ from typing import Any
 import numpy as np
 
 from peerlearn.config import ExperimentConfig, dump_config
+from peerlearn.deploy.emulate import (
+    EmulatedNetwork,
+    check_available,
+    netem_available,
+    network_spec,
+    plan_links,
+)
 from peerlearn.deploy.errors import DeployError
 from peerlearn.results.metrics import ALL_NODES, MetricsRecorder
 from peerlearn.results.plots import write_plots
@@ -52,7 +59,9 @@ class DeployResult:
     finished_all: bool
 
 
-def _node_command(config: Path, ids: list[int], nodes_dir: Path, sync: Path) -> list[str]:
+def _node_command(
+    config: Path, ids: list[int], nodes_dir: Path, sync: Path, hosts: Path | None = None
+) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -67,6 +76,7 @@ def _node_command(config: Path, ids: list[int], nodes_dir: Path, sync: Path) -> 
         str(sync),
         "--parent-pid",
         str(os.getpid()),
+        *(["--hosts", str(hosts)] if hosts is not None else []),
     ]
 
 
@@ -95,9 +105,13 @@ def launch_local(
     *,
     on_started: Callable[[list[subprocess.Popen]], None] | None = None,
     log: Callable[[str], None] = print,
+    emulated: EmulatedNetwork | None = None,
 ) -> float:
     """Run the nodes of ``cfg`` as subprocesses (``deploy.nodes_per_process`` each; the log of
-    a process is named after its first node); returns the common start (epoch seconds)."""
+    a process is named after its first node); returns the common start (epoch seconds).
+
+    With ``emulated``, node i runs in its namespace and listens on its address there (a hosts
+    file in the sync folder tells every node where the others are)."""
     config = run_dir / "config.toml"
     nodes_dir = run_dir / "nodes"
     sync = nodes_dir / "sync"
@@ -106,12 +120,17 @@ def launch_local(
     procs: list[subprocess.Popen] = []
     per = cfg.deploy.nodes_per_process
     groups = [list(range(lo, min(lo + per, cfg.nodes))) for lo in range(0, cfg.nodes, per)]
+    hosts = None
+    if emulated is not None:
+        hosts = sync / "hosts"
+        hosts.write_text("".join(f"{a} {i}\n" for i, a in enumerate(emulated.addresses)))
     try:
         for ids in groups:
+            wrap = emulated.exec_prefix(ids[0]) if emulated is not None else []
             with (nodes_dir / f"node-{ids[0]}.log").open("w") as logf:
                 procs.append(
                     subprocess.Popen(
-                        _node_command(config, ids, nodes_dir, sync),
+                        wrap + _node_command(config, ids, nodes_dir, sync, hosts),
                         env=env,
                         stdout=logf,
                         stderr=subprocess.STDOUT,
@@ -285,6 +304,13 @@ def deploy_experiment(
 ) -> tuple[Path, dict[str, Any]]:
     """``peerlearn deploy``: run all nodes here, merge, return (run dir, summary)."""
     cfg = cfg.model_copy(update={"engine": "deploy"})
+    if cfg.deploy.emulate:  # before anything is created
+        check_available()
+        if cfg.deploy.nodes_per_process != 1:
+            raise DeployError("--emulate needs deploy.nodes_per_process = 1 (a namespace per node)")
+        plan_links(network_spec(cfg), [""] * cfg.nodes, netem=False)  # refuses shared links
+        if cfg.deploy.emulate_latency == "netem" and not netem_available():
+            raise DeployError("deploy.emulate_latency = netem but this kernel has no sch_netem")
     run_dir = prepare_run_dir(out, cfg.name, overwrite=overwrite)
     (run_dir / "config.toml").write_text(dump_config(cfg))
 
@@ -292,7 +318,49 @@ def deploy_experiment(
         if not quiet:
             print(message, file=sys.stderr)
 
-    t0 = time.monotonic()
-    launch_local(cfg, run_dir, log=log)
-    summary, _ = merge_run(cfg, run_dir, launcher_wall_s=time.monotonic() - t0)
-    return run_dir, summary
+    if not cfg.deploy.emulate:
+        t0 = time.monotonic()
+        launch_local(cfg, run_dir, log=log)
+        summary, _ = merge_run(cfg, run_dir, launcher_wall_s=time.monotonic() - t0)
+        return run_dir, summary
+    return _deploy_emulated(cfg, run_dir, log)
+
+
+def _deploy_emulated(
+    cfg: ExperimentConfig, run_dir: Path, log: Callable[[str], None]
+) -> tuple[Path, dict[str, Any]]:
+    """``deploy --emulate``: namespaces up, nodes in them, namespaces down whatever happens.
+
+    SIGTERM and SIGHUP act like Ctrl-C (nodes stop and write, results are merged), and the
+    ``finally`` removes the namespaces; ``atexit`` is the fallback for other exits. Only SIGKILL
+    leaves them behind, for ``peerlearn emulate-cleanup``.
+    """
+    spec = network_spec(cfg)
+    net = EmulatedNetwork(
+        spec, subnet=cfg.deploy.emulate_subnet, latency=cfg.deploy.emulate_latency
+    )
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        t0 = time.monotonic()
+        plan = net.up()
+        for note in plan.notes:
+            log(f"emulation: {note}")
+        log(f"emulation: {cfg.nodes} namespaces {net.prefix}-*, {spec.description}")
+        (run_dir / "emulation.json").write_text(json.dumps(net.describe(), indent=2) + "\n")
+        # the nodes read the resolved latency mode (transport: they hold frames themselves)
+        deploy = cfg.deploy.model_copy(update={"emulate_latency": net.latency})
+        cfg = cfg.model_copy(update={"deploy": deploy})
+        (run_dir / "config.toml").write_text(dump_config(cfg))
+        launch_local(cfg, run_dir, log=log, emulated=net)
+        summary, _ = merge_run(cfg, run_dir, launcher_wall_s=time.monotonic() - t0)
+        summary["deploy"]["emulation"] = net.describe()
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return run_dir, summary
+    finally:
+        net.down()
+        for s, handler in old.items():
+            signal.signal(s, handler)

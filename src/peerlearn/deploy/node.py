@@ -95,6 +95,7 @@ class _Outgoing:
     frame: bytes
     data: int
     meta: int
+    ready_at: float = 0.0  # monotonic; > now while an emulated latency holds it back
 
 
 @dataclass
@@ -195,6 +196,12 @@ class NodeRuntime:
         self.received_from: Counter[int] = Counter()
         self.rows: list[tuple[float, int, int, str, float]] = []
         self.queues: dict[int, deque[_Outgoing]] = {}
+        # --emulate without netem: how long each frame waits before it may leave, per peer
+        self.hold_s: list[float] | None = None
+        if self.cfg.deploy.emulate and self.cfg.deploy.emulate_latency == "transport":
+            from peerlearn.deploy.emulate import network_spec
+
+            self.hold_s = network_spec(self.cfg).latency_s[node].tolist()
         self.wake: dict[int, asyncio.Event] = {}
         self.dealers: dict[int, zmq.asyncio.Socket] = {}
         self.router: zmq.asyncio.Socket | None = None
@@ -365,7 +372,8 @@ class NodeRuntime:
                 if len(q) >= self.cfg.deploy.max_queue:
                     q.popleft()
                     self.stats.messages_overflow += 1
-                q.append(_Outgoing(iteration, frame, msg.data_bytes, msg.meta_bytes))
+                ready = time.monotonic() + self.hold_s[dest] if self.hold_s is not None else 0.0
+                q.append(_Outgoing(iteration, frame, msg.data_bytes, msg.meta_bytes, ready))
                 self.wake[dest].set()
             case DropPending(before_iteration=before):
                 for q in self.queues.values():
@@ -435,6 +443,10 @@ class NodeRuntime:
                 wake.clear()
                 await wake.wait()
                 continue
+            wait = q[0].ready_at - time.monotonic()
+            if wait > 0:  # emulated latency (deploy.emulate_latency = "transport")
+                await asyncio.sleep(wait)
+                continue  # the head may have been dropped meanwhile
             await sock.poll(None, zmq.POLLOUT)
             if not q:  # dropped while waiting
                 continue
