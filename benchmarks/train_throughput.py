@@ -5,9 +5,10 @@ All figures are measured side by side in one run on the same machine and printed
 - sequential: each node trained alone, one after another, with a plain nn.Module + torch.optim.SGD
   (what a one-process-per-node framework does, serialized);
 - batched: peerlearn's BatchedTrainer, all nodes' jobs in one call;
-- ceiling: one GN-LeNet trained alone at batch 64 (samples/s), a practical ceiling on this CPU.
+- ceiling: one model trained alone at batch 64 (samples/s), a practical ceiling on this CPU.
 
-    python benchmarks/train_throughput.py [--nodes 60] [--steps 16] [--batch 8] [--model gn_lenet]
+    python benchmarks/train_throughput.py [--model gn_lenet|matrix_factorization] [--nodes 60]
+        [--steps 16] [--batch 8] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -22,18 +23,48 @@ from peerlearn.compute.trainer import BatchedTrainer, TrainJob
 from peerlearn.models.zoo import build_model
 
 
-def _time(fn, repeats: int) -> float:
+def _time(fn, repeats: int, device: str) -> float:
     fn()  # warm-up
     best = float("inf")
     for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
     return best
 
 
+def _data(model: str, n: int, g: torch.Generator):
+    if model == "gn_lenet":
+        x = torch.randn(n, 3, 32, 32, generator=g)
+        y = torch.randint(0, 10, (n,), generator=g)
+        spec = build_model("gn_lenet", input_shape=(3, 32, 32), num_classes=10, info={}, seed=1)
+    else:  # ml-latest-small's shape: 610 users, 9,724 items
+        users, items = 610, 9724
+        x = torch.stack(
+            [
+                torch.randint(0, users, (n,), generator=g),
+                torch.randint(0, items, (n,), generator=g),
+            ],
+            dim=1,
+        )
+        y = torch.randint(1, 11, (n,), generator=g).float() / 2
+        spec = build_model(
+            "matrix_factorization",
+            input_shape=(2,),
+            num_classes=None,
+            info={"n_users": users, "n_items": items},
+            seed=1,
+        )
+    return spec, x, y
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
+    p.add_argument("--model", default="gn_lenet", choices=["gn_lenet", "matrix_factorization"])
     p.add_argument("--nodes", type=int, default=60)
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--batch", type=int, default=8)
@@ -43,9 +74,7 @@ def main() -> None:
     args = p.parse_args()
     g = torch.Generator().manual_seed(0)
     n_data = 4096
-    x = torch.randn(n_data, 3, 32, 32, generator=g)
-    y = torch.randint(0, 10, (n_data,), generator=g)
-    spec = build_model("gn_lenet", input_shape=(3, 32, 32), num_classes=10, info={}, seed=1)
+    spec, x, y = _data(args.model, n_data, g)
     trainer = BatchedTrainer(spec, x, y, lr=0.05, device=args.device)
     init = spec.init_vector()
     jobs = [
@@ -54,13 +83,15 @@ def main() -> None:
     ]
     samples = args.nodes * args.steps * args.batch
 
-    t_seq = _time(lambda: [trainer.run_one_reference(j) for j in jobs], args.repeats)
-    t_bat = _time(lambda: trainer.run(jobs), args.repeats)
+    t_seq = _time(lambda: [trainer.run_one_reference(j) for j in jobs], args.repeats, args.device)
+    t_bat = _time(lambda: trainer.run(jobs), args.repeats, args.device)
     big = TrainJob(init.clone(), torch.randint(0, n_data, (args.steps, 64), generator=g))
-    t_big = _time(lambda: trainer.run_one_reference(big), args.repeats)
+    t_big = _time(lambda: trainer.run_one_reference(big), args.repeats, args.device)
     big_sps = args.steps * 64 / t_big
 
     res = {
+        "model": args.model,
+        "device": args.device,
         "nodes": args.nodes,
         "steps": args.steps,
         "batch": args.batch,

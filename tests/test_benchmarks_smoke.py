@@ -14,6 +14,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 CASES = {
     "sim_rate.py": ["--nodes", "6", "--virtual-s", "1"],
     "train_throughput.py": ["--nodes", "2", "--steps", "1", "--repeats", "1"],
+    "eval_throughput.py": ["--nodes", "2", "--test", "64", "--batch", "32"],
     "network_model.py": [
         "--nodes",
         "8",
@@ -27,6 +28,15 @@ CASES = {
         "0.5",
     ],
 }
+
+
+def test_mf_training_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "mf.json"
+    args = ["--model", "matrix_factorization", "--nodes", "2", "--steps", "1", "--repeats", "1"]
+    cmd = [sys.executable, str(BENCH / "train_throughput.py"), *args, "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["model"] == "matrix_factorization"
 
 
 @pytest.mark.parametrize("script", sorted(CASES))

@@ -142,3 +142,33 @@ def test_init_deterministic_and_leaves_global_rng(name):
 def test_errors(name, kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_model(name, seed=0, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "x_fn"),
+    [
+        ("mlp", (64,), lambda g, j: torch.randn(j, 5, 64, generator=g)),
+        ("gn_lenet", (3, 16, 16), lambda g, j: torch.randn(j, 5, 3, 16, 16, generator=g)),
+        (
+            "matrix_factorization",
+            (2,),
+            lambda g, j: torch.stack(
+                [
+                    torch.randint(0, 7, (j, 5), generator=g),
+                    torch.randint(0, 11, (j, 5), generator=g),
+                ],
+                dim=-1,
+            ),
+        ),
+    ],
+)
+def test_hand_batched_forward_equals_vmap_of_forward(name, shape, x_fn) -> None:
+    info = {"n_users": 7, "n_items": 11}
+    spec = build_model(name, input_shape=shape, num_classes=10, info=info, seed=3)
+    g = torch.Generator().manual_seed(0)
+    j = 4
+    params = spec.init_vector() + 0.1 * torch.randn(j, spec.layout.numel, generator=g)
+    x = x_fn(g, j)
+    assert hasattr(spec.module, "stacked")
+    want = torch.func.vmap(spec.forward)(params, x)
+    torch.testing.assert_close(spec.stacked_forward(params, x), want, atol=1e-5, rtol=1e-5)

@@ -15,7 +15,7 @@ USAGE_ERROR = 2
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="peerlearn",
-        description="Decentralized learning experiments, simulated in virtual time.",
+        description="Decentralized learning experiments, simulated in virtual time or deployed.",
     )
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -48,6 +48,50 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--overwrite", action="store_true")
     cmp.add_argument("--quiet", action="store_true")
 
+    cruns = sub.add_parser(
+        "compare-runs", help="finished run directories side by side (e.g. simulated vs deployed)"
+    )
+    cruns.add_argument("run_dirs", nargs="+", type=Path)
+    cruns.add_argument("--baseline", help="label ratios are taken against (default: the first)")
+    cruns.add_argument("--out", type=Path, help="directory for the joint plots and table")
+    cruns.add_argument("--overwrite", action="store_true")
+    cruns.add_argument("--quiet", action="store_true")
+
+    dep = sub.add_parser("deploy", help="run every node as its own process here (real sockets)")
+    dep.add_argument("config", nargs="?", type=Path, help="experiment TOML file")
+    dep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    dep.add_argument("--out", type=Path, help="run directory (default: runs/<name>[-k])")
+    dep.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    dep.add_argument("--quiet", action="store_true")
+    dep.add_argument(
+        "--emulate",
+        action="store_true",
+        help="one network namespace per node, links shaped with tc (Linux, root)",
+    )
+
+    ecl = sub.add_parser(
+        "emulate-cleanup", help="remove namespaces left by emulated runs whose launcher is gone"
+    )
+    ecl.add_argument("--prefix", help="only namespaces starting with this (e.g. pl1234-)")
+    ecl.add_argument("--force", action="store_true", help="also those of live launchers")
+
+    node = sub.add_parser("node", help="run some nodes of a deployment in this process")
+    node.add_argument("config", type=Path, help="experiment TOML file (the same on every host)")
+    node.add_argument("--ids", required=True, help="node ids, e.g. 0,1 or 0-29")
+    node.add_argument("--hosts", type=Path, help="hosts file: one 'ADDRESS IDS' line per host")
+    node.add_argument("--out", type=Path, required=True, help="folder for node-<id>.csv/.json")
+    node.add_argument("--start-at", type=float, help="common start, Unix epoch seconds")
+    node.add_argument("--sync-dir", type=Path, help="(launcher) ready files and start file")
+    node.add_argument("--parent-pid", type=int, help="(launcher) stop if this parent goes away")
+    node.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    merge = sub.add_parser("merge", help="per-node files of a deployment -> one run directory")
+    merge.add_argument("run_dir", type=Path, help="holds config.toml and nodes/node-<id>.*")
+
+    keys = sub.add_parser("keys", help="ZeroMQ CURVE key pairs for deploy.keys_dir")
+    keys.add_argument("dir", type=Path)
+    keys.add_argument("--nodes", type=int, required=True)
+
     sub.add_parser("list", help="algorithms, datasets, models, partitions, topologies, presets")
 
     insp = sub.add_parser("inspect-data", help="per-node sample and label counts of a config")
@@ -65,7 +109,57 @@ def _cmd_run(args, out: Console) -> int:
     from peerlearn.runner import run_experiment
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.engine == "deploy":
+        return _cmd_deploy(args, out)
     run_experiment(cfg, args.out, overwrite=args.overwrite, quiet=args.quiet)
+    return 0
+
+
+def _cmd_deploy(args, out: Console) -> int:
+    from peerlearn.config import load_config
+    from peerlearn.deploy.launcher import deploy_experiment
+
+    overrides = list(args.overrides)
+    if getattr(args, "emulate", False):
+        overrides.append("deploy.emulate=true")
+    cfg = load_config(args.config, overrides)
+    run_dir, summary = deploy_experiment(cfg, args.out, overwrite=args.overwrite, quiet=args.quiet)
+    if not args.quiet:
+        from peerlearn.results.report import summary_table
+
+        out.print(summary_table(summary))
+        out.print(f"results in [bold]{run_dir}[/bold]")
+    return 0
+
+
+def _cmd_node(args) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from peerlearn.config import load_config
+    from peerlearn.deploy.process import parse_hosts, parse_ids, run_node_process
+
+    cfg = load_config(args.config, args.overrides)
+    hosts = parse_hosts(args.hosts, cfg.nodes) if args.hosts else None
+    run_node_process(
+        cfg,
+        parse_ids(args.ids),
+        out_dir=args.out,
+        hosts=hosts,
+        start_at=args.start_at,
+        sync_dir=args.sync_dir,
+        parent_pid=args.parent_pid,
+    )
+    return 0
+
+
+def _cmd_merge(args, out: Console) -> int:
+    from peerlearn.config import load_config
+    from peerlearn.deploy.launcher import merge_run
+
+    cfg = load_config(args.run_dir / "config.toml", [])
+    merge_run(cfg, args.run_dir)
+    out.print(f"merged into [bold]{args.run_dir}[/bold]")
     return 0
 
 
@@ -137,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     err = Console(stderr=True)
     from peerlearn.config import ConfigError
     from peerlearn.data.base import DatasetNotFound
+    from peerlearn.deploy.errors import DeployError
     from peerlearn.results.rundir import RunDirError
 
     try:
@@ -155,6 +250,37 @@ def main(argv: list[str] | None = None) -> int:
                 baseline=args.baseline,
             )
             return 0
+        if args.command == "compare-runs":
+            from peerlearn.compare import compare_run_dirs
+
+            compare_run_dirs(
+                args.run_dirs,
+                args.out,
+                overwrite=args.overwrite,
+                quiet=args.quiet,
+                baseline=args.baseline,
+            )
+            return 0
+        if args.command == "deploy":
+            return _cmd_deploy(args, out)
+        if args.command == "node":
+            return _cmd_node(args)
+        if args.command == "emulate-cleanup":
+            from peerlearn.deploy.emulate import cleanup
+
+            removed = cleanup(args.prefix, force=args.force)
+            out.print(
+                f"removed {len(removed)} namespaces" + (f": {' '.join(removed)}" if removed else "")
+            )
+            return 0
+        if args.command == "merge":
+            return _cmd_merge(args, out)
+        if args.command == "keys":
+            from peerlearn.deploy.process import generate_keys
+
+            generate_keys(args.dir, args.nodes)
+            out.print(f"{args.nodes} CURVE key pairs in [bold]{args.dir}[/bold]")
+            return 0
         if args.command == "list":
             return _cmd_list(out)
         if args.command == "inspect-data":
@@ -164,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(dump_config(load_config(args.config, args.overrides)), end="")
             return 0
-    except (ConfigError, RunDirError, DatasetNotFound) as exc:
+    except (ConfigError, RunDirError, DatasetNotFound, DeployError) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return USAGE_ERROR
     except KeyboardInterrupt:

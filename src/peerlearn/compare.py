@@ -117,3 +117,45 @@ def run_compare(
         console.print(f"results in [bold]{root}[/bold]")
     (root / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
     return comparison
+
+
+def compare_run_dirs(
+    run_dirs: list[Path],
+    out: Path | None,
+    *,
+    overwrite: bool = False,
+    quiet: bool = False,
+    baseline: str | None = None,
+) -> dict[str, Any]:
+    """Existing run directories side by side, e.g. a simulated run and its deployed twin.
+
+    Labels are the directory names with the engine appended (``divshare@sim``,
+    ``divshare@deploy``); time is virtual seconds for simulated runs and wall seconds since the
+    common start for deployed ones, so the joint plots share an axis.
+    """
+    from peerlearn.results.metrics import read_metrics_csv
+
+    summaries: dict[str, dict[str, Any]] = {}
+    recorders = {}
+    for d in run_dirs:
+        try:
+            summary = json.loads((d / "summary.json").read_text())
+            recorder = read_metrics_csv(d / "metrics.csv")
+        except (OSError, ValueError) as exc:
+            raise RunDirError(f"{d} is not a finished run directory: {exc}") from None
+        label = f"{d.name}@{summary.get('engine', 'sim')}"
+        if label in summaries:
+            raise ConfigError(f"two runs are labelled {label!r}; rename one directory")
+        summaries[label], recorders[label] = summary, recorder
+    if not summaries:
+        raise ConfigError("compare-runs needs at least one run directory")
+    base = baseline or next(iter(summaries))
+    if base not in summaries:
+        raise ConfigError(f"--baseline {base!r} is not one of {list(summaries)}")
+    root = prepare_run_dir(out, "runs-compare", overwrite=overwrite)
+    comparison = write_comparison(root, summaries, recorders, baseline=base)
+    (root / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
+    if not quiet:
+        Console().print(comparison_table(comparison))
+        Console(stderr=True).print(f"results in [bold]{root}[/bold]")
+    return comparison

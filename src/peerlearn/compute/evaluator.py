@@ -7,14 +7,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.func import vmap
 
 from peerlearn.models.zoo import ModelSpec
 
 
 class BatchedEvaluator:
     """Evaluates (K, P) node vectors on a test set, ``node_chunk`` nodes x ``batch_size`` samples
-    per vmapped forward, which bounds memory while keeping the calls large."""
+    per batched forward (``ModelSpec.stacked_forward``), which bounds memory while keeping the
+    calls large."""
 
     def __init__(
         self,
@@ -36,9 +36,11 @@ class BatchedEvaluator:
         self.test_y = test_y.to(self.device)
         self.batch_size = batch_size
         self.node_chunk = node_chunk
-        # Shared samples for every node / own samples per node.
-        self._shared = vmap(spec.forward, in_dims=(0, None))
-        self._own = vmap(spec.forward, in_dims=(0, 0))
+        # Own samples per node; shared samples are broadcast to every node of the chunk.
+        self._own = spec.stacked_forward
+
+    def _shared(self, chunk: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.spec.stacked_forward(chunk, x.expand(chunk.shape[0], *x.shape))
 
     @torch.inference_mode()
     def evaluate(

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch.func import grad_and_value, vmap
 
 from peerlearn.models.zoo import ModelSpec
@@ -41,6 +42,7 @@ class BatchedTrainer:
         *,
         lr: float,
         device: str = "cpu",
+        stacked: bool = True,
     ) -> None:
         self.spec = spec
         self.device = torch.device(device)
@@ -54,7 +56,28 @@ class BatchedTrainer:
 
         # Gradient w.r.t. the flat vector itself: no per-parameter dicts to flatten afterwards.
         self._step_grads = vmap(grad_and_value(loss_fn))
+        # hand-batched architectures (grouped convolutions, bmm) beat vmap on CPU; see
+        # benchmarks/train_throughput.py
+        self.stacked = stacked and hasattr(spec.module, "stacked")
 
+    def _stacked_step(
+        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradients (J, P) and losses (J,) of J models on their own batches, one backward."""
+        p = params.detach().requires_grad_(True)
+        out = self.spec.stacked_forward(p, x)
+        if self.spec.task == "classification":
+            per_sample = F.cross_entropy(
+                out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="none"
+            ).view(y.shape)
+        else:
+            per_sample = (out - y) ** 2
+        losses = per_sample.mean(1)  # each model's mean loss over its batch, as spec.loss
+        (grads,) = torch.autograd.grad(losses.sum(), p)  # model j's grad only sees loss j
+        return grads, losses.detach()
+
+    @torch.inference_mode(False)
+    @torch.enable_grad()
     def run(self, jobs: Sequence[TrainJob]) -> torch.Tensor:
         """Run every job; returns the (J, P) final vectors (on the trainer's device).
 
@@ -82,7 +105,8 @@ class BatchedTrainer:
             while sorted_steps[active - 1] <= t:
                 active -= 1
             idx = torch.stack([job.batches[t] for job in ordered[:active]]).to(self.device)
-            grads, losses = self._step_grads(params[:active], self.train_x[idx], self.train_y[idx])
+            step = self._stacked_step if self.stacked else self._step_grads
+            grads, losses = step(params[:active], self.train_x[idx], self.train_y[idx])
             params[:active].add_(grads, alpha=-self.lr)  # as torch.optim.SGD does
             loss_sum[:active] += losses.detach()
         mean_loss = (loss_sum.cpu() / steps[order].clamp(min=1)).float()

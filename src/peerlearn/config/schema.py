@@ -158,11 +158,53 @@ class EvalConfig(Section):
     )
 
 
+class DeployConfig(Section):
+    """The real runtime (``engine = "deploy"``): sockets, limits, timeouts; the simulator
+    ignores it."""
+
+    # where the nodes listen when no hosts file is given; node i uses port base_port + i
+    host: str = "127.0.0.1"
+    base_port: Annotated[int, Field(ge=1024, le=65000)] = 29500
+    # `peerlearn deploy`: nodes per OS process (1: one process per node, as in the artifact;
+    # more: fewer torch imports and setups on a small machine, one torch thread per process)
+    nodes_per_process: PosInt = 1
+    # interface to bind (None: the node's own address; "*" for every interface)
+    bind: str | None = None
+    # frames above this are dropped unread (None: room for 8 bytes per model coordinate)
+    max_message_bytes: PosInt | None = None
+    # per-peer outgoing messages waiting in the process; beyond it the oldest is dropped
+    max_queue: PosInt = 10_000
+    # kernel send buffer of each DEALER (0: the OS default); small values keep the backlog in
+    # the process, where DropPending can still remove it
+    sndbuf_bytes: Annotated[int, Field(ge=0)] = 0
+    # ZeroMQ receive high-water mark (messages buffered by the library before TCP pushes back)
+    rcvhwm: PosInt = 1000
+    # a node that makes no training progress this long (waiting for dead peers) stops
+    stall_timeout_s: PosFloat = 60.0
+    # after Finish, how long a node keeps sending what is still queued
+    linger_s: NonNegFloat = 2.0
+    # hard cap on the run when stop.virtual_time_s is not set
+    timeout_s: PosFloat = 3600.0
+    # how long the launcher waits for every node to be set up and listening
+    ready_timeout_s: PosFloat = 300.0
+    # true: pad each local training to compute.step_time_s x factor x steps of wall time
+    emulate_compute: bool = False
+    # ZeroMQ CURVE: a directory made by `peerlearn keys` (node-<i>.key, node-<i>.key_secret)
+    keys_dir: str | None = None
+    # `peerlearn deploy --emulate`: one network namespace per node on this machine (root, Linux),
+    # links shaped with tc from the network preset; addresses from this private subnet
+    emulate: bool = False
+    emulate_subnet: str = "10.213.0.0/16"
+    # latency: netem in the kernel; transport: each frame held latency[i, j] in the sender before
+    # ZeroMQ (for kernels without sch_netem; ACKs are not delayed); auto: netem if present
+    emulate_latency: Literal["auto", "netem", "transport", "off"] = "auto"
+
+
 class ExperimentConfig(Section):
     name: str = "run"
     seed: Annotated[int, Field(ge=0)] = 1
     nodes: Annotated[int, Field(ge=2, le=100_000)] = 16
-    engine: Literal["sim"] = "sim"
+    engine: Literal["sim", "deploy"] = "sim"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -172,6 +214,7 @@ class ExperimentConfig(Section):
     algorithm: AlgorithmConfig = Field(default_factory=DPSGDConfig)
     stop: StopConfig = Field(default_factory=StopConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:

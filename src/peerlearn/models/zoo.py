@@ -53,6 +53,27 @@ class GNLeNet(nn.Module):
         x = F.max_pool2d(F.relu(self.gn3(self.conv3(x))), 2)
         return self.fc(x.flatten(1))
 
+    def stacked(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """J models at once: ``p`` holds (J, *shape) parameters, ``x`` is (J, B, C, H, W).
+
+        The J models' channels sit side by side and every convolution is one grouped convolution
+        (groups = J); each model's GroupNorm groups are contiguous channel blocks, so GroupNorm
+        over 2J groups normalizes exactly per model. Channels-last memory is the fast layout for
+        these convolutions on CPU.
+        """
+        j, b = x.shape[:2]
+        h = x.transpose(0, 1).reshape(b, j * x.shape[2], *x.shape[3:])
+        h = h.contiguous(memory_format=torch.channels_last)
+        for k in (1, 2, 3):
+            w = p[f"conv{k}.weight"]
+            w = w.reshape(j * w.shape[1], *w.shape[2:])
+            h = F.conv2d(h, w, p[f"conv{k}.bias"].reshape(-1), padding=2, groups=j)
+            groups = getattr(self, f"gn{k}").num_groups * j
+            gamma, beta = p[f"gn{k}.weight"].reshape(-1), p[f"gn{k}.bias"].reshape(-1)
+            h = F.max_pool2d(F.relu(F.group_norm(h, groups, gamma, beta)), 2)
+        h = h.reshape(b, j, -1).transpose(0, 1)  # (J, B, features), each model's flatten order
+        return torch.baddbmm(p["fc.bias"].unsqueeze(1), h, p["fc.weight"].transpose(1, 2))
+
 
 class MatrixFactorization(nn.Module):
     """Rating = <user factors, item factors>; input (B, 2) int64 [user, item]."""
@@ -66,6 +87,14 @@ class MatrixFactorization(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (self.user(x[..., 0]) * self.item(x[..., 1])).sum(-1)
+
+    def stacked(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """J models at once: (J, rows, F) embeddings, ``x`` (J, B, 2) -> (J, B) ratings."""
+        users, items = p["user.weight"], p["item.weight"]
+        f = users.shape[-1]
+        u = users.gather(1, x[..., 0].unsqueeze(-1).expand(-1, -1, f))
+        i = items.gather(1, x[..., 1].unsqueeze(-1).expand(-1, -1, f))
+        return (u * i).sum(-1)
 
 
 class MLP(nn.Module):
@@ -82,6 +111,14 @@ class MLP(nn.Module):
         for layer in self.hidden:
             x = F.relu(layer(x))
         return self.out(x)
+
+    def stacked(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """J models at once with batched matrix products; ``x`` is (J, B, ...)."""
+        h = x.flatten(2)
+        names = [f"hidden.{k}" for k in range(len(self.hidden))]
+        for name in names:
+            h = F.relu(torch.baddbmm(p[f"{name}.bias"].unsqueeze(1), h, p[f"{name}.weight"].mT))
+        return torch.baddbmm(p["out.bias"].unsqueeze(1), h, p["out.weight"].mT)
 
 
 @dataclass
@@ -100,6 +137,18 @@ class ModelSpec:
     def forward(self, vec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Output of the model with parameters ``vec`` on the batch ``x`` (vmap/grad safe)."""
         return functional_call(self.module, self.layout.unflatten(vec), (x,))
+
+    def stacked_forward(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Outputs of J models (``params`` (J, P)) on their own batches (``x`` (J, B, ...)).
+
+        Uses the architecture's hand-batched ``stacked`` (grouped convolutions, batched matrix
+        products) when it has one, else ``vmap`` of ``forward``. Ordinary autograd works through
+        it, so one backward pass gives every model its gradient.
+        """
+        stacked = getattr(self.module, "stacked", None)
+        if stacked is None:
+            return torch.func.vmap(self.forward)(params, x)
+        return stacked(self.layout.unflatten(params), x)
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy (classification) or mean squared error (regression)."""

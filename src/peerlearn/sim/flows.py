@@ -142,6 +142,8 @@ class FlowNetwork:
         self._ref = np.zeros(0)
         self._rate = np.zeros(0)
         self._finish = np.zeros(0)  # absolute finishing time at the current rate
+        # min of _finish, or None when a finish time was raised or removed and it must be rescanned
+        self._first: float | None = math.inf
         self._start_seq = np.zeros(0, dtype=np.int64)  # orders completions that tie in time
         self._slot_route: list[tuple[int, ...]] = []
         self._free: list[int] = []
@@ -198,8 +200,7 @@ class FlowNetwork:
     def next_completion_time(self) -> float:
         """When the earliest flow finishes (or a bounded update is due); inf if none."""
         self._refresh()
-        first = float(self._finish.min()) if len(self._finish) else math.inf
-        return min(max(first, self.now), self._next_update())
+        return min(max(self._first_finish(), self.now), self._next_update())
 
     # -- changes ---------------------------------------------------------------------------------
 
@@ -225,7 +226,7 @@ class FlowNetwork:
         done: list[tuple[int, float]] = []
         while True:
             self._refresh()
-            first = float(self._finish.min()) if len(self._finish) else math.inf
+            first = self._first_finish()
             tick = self._next_update()
             if tick < first and tick <= t:
                 self.now = tick  # a bounded update is due: _refresh recomputes at the loop top
@@ -287,8 +288,11 @@ class FlowNetwork:
             finish = np.where(rate > 0, ref + rem / rate, np.inf)
         # empty messages and infinite rates finish at once
         self._finish[slots] = np.where((rem <= 0) | np.isinf(rate), ref, finish)
+        self._first = None
 
     def _route(self, src: int, dst: int) -> tuple[int, ...]:
+        if self._route_fn is None:
+            return ()  # no shared links: nothing to look up or cache
         key = (src, dst)
         if key not in self._routes:
             links = tuple(int(k) for k in self._route_fn(src, dst)) if self._route_fn else ()
@@ -297,11 +301,37 @@ class FlowNetwork:
             self._routes[key] = links
         return self._routes[key]
 
-    def _resources(self, slot: int) -> np.ndarray:
+    def _resources(self, slot: int) -> list[int]:
         """Resource ids crossed by the flow in ``slot``: uplink, downlink, shared links."""
-        links = self._slot_route[slot]
-        base = [int(self._src[slot]), self.n + int(self._dst[slot])]
-        return np.array(base + [2 * self.n + k for k in links], dtype=np.int64)
+        n = self.n
+        res = [int(self._src[slot]), n + int(self._dst[slot])]
+        route = self._slot_route[slot]
+        return res + [2 * n + k for k in route] if route else res
+
+    def _first_finish(self) -> float:
+        """The earliest finishing time of any flow, rescanned only when it may have gone up."""
+        if self._first is None:
+            self._first = float(self._finish.min()) if len(self._finish) else math.inf
+        return self._first
+
+    def _set_finish_one(self, slot: int) -> None:
+        """``_set_finish`` for one flow, in scalars (the per-message hot path)."""
+        rate, rem, ref = float(self._rate[slot]), float(self._rem[slot]), float(self._ref[slot])
+        if rem <= 0 or rate == math.inf:
+            finish = ref  # empty messages and infinite rates finish at once
+        elif rate > 0:
+            finish = ref + rem / rate
+        else:
+            finish = math.inf
+        if (
+            self._first is not None
+            and finish >= self._finish[slot]
+            and self._finish[slot] <= (self._first)
+        ):
+            self._first = None  # the slot may have held the minimum and its time went up
+        self._finish[slot] = finish
+        if self._first is not None:
+            self._first = min(self._first, finish)
 
     def _load(self, slot: int, msg_id: int) -> None:
         """Put a message at the head of the flow in ``slot``, starting now."""
@@ -327,12 +357,14 @@ class FlowNetwork:
         self._rate[slot] = 0.0
         self._dirty = True
         if self.rate_update_s > 0:
+            caps, used = self._caps, self._used
             res = self._resources(slot)
-            rate = max(float((self._caps[res] - self._used[res]).min()), 0.0)
+            rate = max(min(float(caps[r] - used[r]) for r in res), 0.0)
             self._rate[slot] = rate
             if math.isfinite(rate):
-                self._used[res] += rate
-        self._set_finish(np.array([slot]))
+                for r in res:
+                    used[r] += rate
+        self._set_finish_one(slot)
 
     def _complete(self, slot: int) -> None:
         # book the full size, so node counters add up to exactly the message sizes
@@ -353,15 +385,19 @@ class FlowNetwork:
         queue.popleft()
         if queue:
             self._load(slot, queue[0])
-            self._set_finish(np.array([slot]))
+            self._set_finish_one(slot)
             return
         del self._queues[(msg.src, msg.dst)]
         self._slot_msg[slot] = -1
         self._free.append(slot)
+        if self._first is not None and self._finish[slot] <= self._first:
+            self._first = None
         self._finish[slot] = np.inf
         self._dirty = True
-        if self.rate_update_s > 0 and math.isfinite(self._rate[slot]):
-            self._used[self._resources(slot)] -= self._rate[slot]  # left idle until the update
+        rate = float(self._rate[slot])
+        if self.rate_update_s > 0 and math.isfinite(rate):
+            for r in self._resources(slot):
+                self._used[r] -= rate  # the freed share idles until the next update
         self._rate[slot] = 0.0
 
     def _grow(self) -> None:
