@@ -70,6 +70,27 @@ def test_batched_run_equals_reference(name):
     assert trainer.last_loss is not None and trainer.last_loss.shape == (3,)
 
 
+@pytest.mark.parametrize("name", ["mlp", "gn_lenet", "matrix_factorization"])
+def test_chunked_and_vmap_paths_give_each_job_its_own_trajectory(name):
+    spec, x, y = make_problem(name)
+    g = torch.Generator().manual_seed(3)
+    init = spec.init_vector()
+    jobs = [
+        TrainJob(
+            init + 0.01 * torch.randn(init.shape, generator=g),
+            torch.randint(0, len(y), (steps, 4), generator=g),
+        )
+        for steps in (3, 1, 4, 2, 3)
+    ]
+    whole = BatchedTrainer(spec, x, y, lr=0.05, max_jobs_per_call=100)
+    want = whole.run(jobs)
+    chunked = BatchedTrainer(spec, x, y, lr=0.05, max_jobs_per_call=2)
+    torch.testing.assert_close(chunked.run(jobs), want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(chunked.last_loss, whole.last_loss)
+    vmapped = BatchedTrainer(spec, x, y, lr=0.05, stacked=False)
+    torch.testing.assert_close(vmapped.run(jobs), want, rtol=0, atol=1e-5)
+
+
 def test_last_loss_is_mean_over_each_jobs_steps():
     spec, x, y = make_problem("mlp")
     trainer = BatchedTrainer(spec, x, y, lr=0.1)

@@ -43,6 +43,7 @@ class BatchedTrainer:
         lr: float,
         device: str = "cpu",
         stacked: bool = True,
+        max_jobs_per_call: int = 16,
     ) -> None:
         self.spec = spec
         self.device = torch.device(device)
@@ -59,6 +60,10 @@ class BatchedTrainer:
         # hand-batched architectures (grouped convolutions, bmm) beat vmap on CPU; see
         # benchmarks/train_throughput.py
         self.stacked = stacked and hasattr(spec.module, "stacked")
+        # Very wide grouped calls become memory-bound on CPU (60 GN-LeNets in one call train
+        # ~25% slower than 16 at a time, benchmarks/train_throughput.py); jobs are independent,
+        # so running them in chunks changes nothing in their results.
+        self.max_jobs_per_call = max(1, max_jobs_per_call) if device == "cpu" else 1 << 30
 
     def _stacked_step(
         self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
@@ -76,9 +81,21 @@ class BatchedTrainer:
         (grads,) = torch.autograd.grad(losses.sum(), p)  # model j's grad only sees loss j
         return grads, losses.detach()
 
+    def run(self, jobs: Sequence[TrainJob]) -> torch.Tensor:
+        """Run every job (in chunks of ``max_jobs_per_call``); see ``_run_chunk``."""
+        size = self.max_jobs_per_call
+        if len(jobs) <= size:
+            return self._run_chunk(jobs)
+        results, losses = [], []
+        for lo in range(0, len(jobs), size):
+            results.append(self._run_chunk(jobs[lo : lo + size]))
+            losses.append(self.last_loss)
+        self.last_loss = torch.cat(losses)
+        return torch.cat(results)
+
     @torch.inference_mode(False)
     @torch.enable_grad()
-    def run(self, jobs: Sequence[TrainJob]) -> torch.Tensor:
+    def _run_chunk(self, jobs: Sequence[TrainJob]) -> torch.Tensor:
         """Run every job; returns the (J, P) final vectors (on the trainer's device).
 
         Jobs may have different step counts. They are ordered by decreasing step count, so the
