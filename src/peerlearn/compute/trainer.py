@@ -60,6 +60,8 @@ class BatchedTrainer:
         # hand-batched architectures (grouped convolutions, bmm) beat vmap on CPU; see
         # benchmarks/train_throughput.py
         self.stacked = stacked and hasattr(spec.module, "stacked")
+        # embeddings: update only the rows a batch touches (exactly the dense SGD step)
+        self.row_sparse = self.stacked and hasattr(spec.module, "sgd_step_rows")
         # Very wide grouped calls become memory-bound on CPU (60 GN-LeNets in one call train
         # ~25% slower than 16 at a time, benchmarks/train_throughput.py); jobs are independent,
         # so running them in chunks changes nothing in their results.
@@ -122,9 +124,15 @@ class BatchedTrainer:
             while sorted_steps[active - 1] <= t:
                 active -= 1
             idx = torch.stack([job.batches[t] for job in ordered[:active]]).to(self.device)
-            step = self._stacked_step if self.stacked else self._step_grads
-            grads, losses = step(params[:active], self.train_x[idx], self.train_y[idx])
-            params[:active].add_(grads, alpha=-self.lr)  # as torch.optim.SGD does
+            xb, yb = self.train_x[idx], self.train_y[idx]
+            if self.row_sparse:
+                with torch.no_grad():
+                    views = self.spec.layout.unflatten(params[:active])
+                    losses = self.spec.module.sgd_step_rows(views, xb, yb, self.lr)
+            else:
+                step = self._stacked_step if self.stacked else self._step_grads
+                grads, losses = step(params[:active], xb, yb)
+                params[:active].add_(grads, alpha=-self.lr)  # as torch.optim.SGD does
             loss_sum[:active] += losses.detach()
         mean_loss = (loss_sum.cpu() / steps[order].clamp(min=1)).float()
         mean_loss[steps[order] == 0] = float("nan")
