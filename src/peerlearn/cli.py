@@ -199,28 +199,9 @@ def _cmd_list(out: Console) -> int:
 def _cmd_inspect(args, out: Console) -> int:
     from peerlearn.config import load_config
     from peerlearn.data.inspect import render_histogram
-    from peerlearn.data.partition import make_partition
-    from peerlearn.data.registry import load_dataset
+    from peerlearn.experiment import load_data
 
-    cfg = load_config(args.config, args.overrides)
-    d = cfg.data
-    ds = load_dataset(
-        d.dataset,
-        d.root,
-        variant=d.variant,
-        seed=cfg.seed,
-        download=d.download,
-        synthetic=d.synthetic or None,
-    )
-    part = make_partition(
-        ds,
-        d.partition,
-        cfg.nodes,
-        cfg.seed,
-        shards=d.shards,
-        alpha=d.alpha,
-        min_samples=d.min_samples,
-    )
+    ds, part = load_data(load_config(args.config, args.overrides))
     out.print(render_histogram(ds, part))
     return 0
 

@@ -7,6 +7,8 @@ every process that builds the same config gets the same pieces.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import networkx as nx
@@ -39,78 +41,45 @@ class Setup:
         return tuple(sorted(self.graph.neighbors(node)))
 
 
-def build_setup(cfg: ExperimentConfig) -> Setup:
-    """Build every piece; a builder ValueError becomes a ConfigError naming its section."""
+@contextmanager
+def _section(name: str) -> Iterator[None]:
+    """A builder's ValueError becomes a one-line ConfigError naming the config section."""
     try:
-        return _build(cfg)
-    except _StageError as exc:
-        raise ConfigError(f"config: [{exc.section}] {exc.cause}") from None
-
-
-class _StageError(Exception):
-    def __init__(self, section: str, cause: Exception) -> None:
-        self.section, self.cause = section, cause
-
-
-def _stage(section: str, fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
+        yield
     except ValueError as exc:
-        raise _StageError(section, exc) from exc
+        raise ConfigError(f"config: [{name}] {exc}") from None
 
 
-def _build(cfg: ExperimentConfig) -> Setup:
-    n, seed = cfg.nodes, cfg.seed
+def load_data(cfg: ExperimentConfig) -> tuple[Dataset, Partition]:
+    """The dataset and who holds which samples (ConfigError on bad settings)."""
     d = cfg.data
-    dataset = _stage(
-        "data",
-        load_dataset,
-        d.dataset,
-        d.root,
-        variant=d.variant,
-        seed=seed,
-        download=d.download,
-        synthetic=d.synthetic or None,
-    )
-    partition = _stage(
-        "data",
-        make_partition,
-        dataset,
-        d.partition,
-        n,
-        seed,
-        shards=d.shards,
-        alpha=d.alpha,
-        min_samples=d.min_samples,
-    )
-    model = _stage(
-        "model",
-        build_model,
-        cfg.model.name,
-        input_shape=dataset.input_shape,
-        num_classes=dataset.num_classes,
-        info=dataset.info,
-        seed=seed,
-        hidden=tuple(cfg.model.hidden),
-        factors=cfg.model.factors,
-    )
-    t = cfg.topology
-    graph = _stage(
-        "topology",
-        build_topology,
-        t.kind,
-        n,
-        degree=t.degree,
-        rewire_p=t.rewire_p,
-        path=t.path,
-        seed=seed,
-    )
+    with _section("data"):
+        dataset = load_dataset(
+            d.dataset,
+            d.root,
+            variant=d.variant,
+            seed=cfg.seed,
+            download=d.download,
+            synthetic=d.synthetic or None,
+        )
+        partition = make_partition(
+            dataset,
+            d.partition,
+            cfg.nodes,
+            cfg.seed,
+            shards=d.shards,
+            alpha=d.alpha,
+            min_samples=d.min_samples,
+        )
+    return dataset, partition
+
+
+def network_spec(cfg: ExperimentConfig) -> NetworkSpec:
+    """The network preset of ``cfg`` (ValueError on bad parameters), for every engine."""
     net = cfg.network
-    network = _stage(
-        "network",
-        build_network,
+    return build_network(
         net.preset,
-        n,
+        cfg.nodes,
         mbps=net.mbps,
         fast_mbps=net.fast_mbps,
         slowdown=net.slowdown,
@@ -119,8 +88,31 @@ def _build(cfg: ExperimentConfig) -> Setup:
         latency_ms=net.latency_ms,
         kollaps_xml=net.kollaps_xml,
         intra_region_mbps=net.intra_region_mbps,
-        seed=seed,
+        seed=cfg.seed,
     )
+
+
+def build_setup(cfg: ExperimentConfig) -> Setup:
+    """Build every piece; a builder ValueError becomes a ConfigError naming its section."""
+    n, seed = cfg.nodes, cfg.seed
+    dataset, partition = load_data(cfg)
+    with _section("model"):
+        model = build_model(
+            cfg.model.name,
+            input_shape=dataset.input_shape,
+            num_classes=dataset.num_classes,
+            info=dataset.info,
+            seed=seed,
+            hidden=tuple(cfg.model.hidden),
+            factors=cfg.model.factors,
+        )
+    t = cfg.topology
+    with _section("topology"):
+        graph = build_topology(
+            t.kind, n, degree=t.degree, rewire_p=t.rewire_p, path=t.path, seed=seed
+        )
+    with _section("network"):
+        network = network_spec(cfg)
     # which nodes and which test samples are evaluated: fixed for the run, drawn from the seed
     rng = np.random.default_rng([seed, 0xE7A1])
     eval_nodes = (

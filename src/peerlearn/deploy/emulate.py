@@ -35,9 +35,10 @@ from typing import Any
 
 import numpy as np
 
+from peerlearn import experiment
 from peerlearn.config import ExperimentConfig
 from peerlearn.deploy.errors import DeployError
-from peerlearn.network.presets import NetworkSpec, build_network
+from peerlearn.network.presets import NetworkSpec
 
 PREFIX_RE = re.compile(r"^pl(\d+)-")
 #: HTB wants a finite rate: what an uncapped class gets, with an explicit burst (tc computes
@@ -395,20 +396,7 @@ def cleanup(prefix: str | None = None, *, force: bool = False) -> list[str]:
 
 def network_spec(cfg: ExperimentConfig) -> NetworkSpec:
     """The simulator's network for ``cfg`` (same preset, same parameters)."""
-    net = cfg.network
     try:
-        return build_network(
-            net.preset,
-            cfg.nodes,
-            mbps=net.mbps,
-            fast_mbps=net.fast_mbps,
-            slowdown=net.slowdown,
-            stragglers=net.stragglers,
-            straggler_ids=net.straggler_ids,
-            latency_ms=net.latency_ms,
-            kollaps_xml=net.kollaps_xml,
-            intra_region_mbps=net.intra_region_mbps,
-            seed=cfg.seed,
-        )
+        return experiment.network_spec(cfg)
     except ValueError as exc:
         raise DeployError(f"network: {exc}") from None
