@@ -19,7 +19,6 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,28 +34,10 @@ from peerlearn.deploy.emulate import (
 )
 from peerlearn.deploy.errors import DeployError
 from peerlearn.results.metrics import ALL_NODES, MetricsRecorder
+from peerlearn.results.outcome import ByteCounters, RunResult
 from peerlearn.results.plots import write_plots
 from peerlearn.results.rundir import prepare_run_dir
 from peerlearn.results.summary import build_summary
-from peerlearn.sim.engine import ByteCounters
-
-
-@dataclass
-class DeployResult:
-    """The simulator's result fields that ``build_summary`` reads, from measured numbers."""
-
-    virtual_time_s: float
-    wall_time_s: float
-    train_wall_s: float
-    eval_wall_s: float
-    iterations: np.ndarray
-    bytes_sent: np.ndarray
-    counters: ByteCounters
-    messages_delivered: int
-    messages_dropped: int
-    train_batches: int
-    train_jobs: int
-    finished_all: bool
 
 
 def _node_command(
@@ -209,7 +190,7 @@ def merge_run(
         if node >= 0 and node not in stats:
             iters[node] = max(iters[node], it)
     end = max((s["end_s"] for s in stats.values()), default=0.0)
-    result = DeployResult(
+    result = RunResult(
         virtual_time_s=end,
         wall_time_s=end,
         train_wall_s=sum(s["train_wall_s"] for s in stats.values()),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time as wallclock
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from peerlearn.protocols.base import (
 )
 from peerlearn.protocols.registry import protocol_class
 from peerlearn.results.metrics import ALL_NODES, MetricsRecorder
+from peerlearn.results.outcome import ByteCounters, RunResult
 from peerlearn.sim.compute_model import training_time
 from peerlearn.sim.events import EventQueue
 
@@ -54,38 +55,6 @@ class _Job:
     job: TrainJob
     result: torch.Tensor | None = None
     loss: float | None = None
-
-
-@dataclass
-class ByteCounters:
-    """Per-node byte totals; ``sent`` includes partial and cancelled transfers."""
-
-    n: int
-    delivered: np.ndarray = field(init=False)
-    wasted: np.ndarray = field(init=False)
-    data: np.ndarray = field(init=False)
-    meta: np.ndarray = field(init=False)
-    received: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        for name in ("delivered", "wasted", "data", "meta", "received"):
-            setattr(self, name, np.zeros(self.n))
-
-
-@dataclass
-class SimResult:
-    virtual_time_s: float
-    wall_time_s: float
-    train_wall_s: float
-    eval_wall_s: float
-    iterations: np.ndarray
-    bytes_sent: np.ndarray
-    counters: ByteCounters
-    messages_delivered: int
-    messages_dropped: int
-    train_batches: int
-    train_jobs: int
-    finished_all: bool
 
 
 ProgressFn = Callable[[float, float | None], None]
@@ -159,7 +128,7 @@ class Simulator:
         self.last_mean_acc: float | None = None
 
     # -----------------------------------------------------------------------------------------
-    def run(self) -> SimResult:
+    def run(self) -> RunResult:
         t0 = wallclock.perf_counter()
         self.queue.push(0.0, (_EVAL, None))
         for i in range(self.n):
@@ -190,7 +159,7 @@ class Simulator:
         self.now = end
         if self.last_eval_time < end:
             self._evaluate()
-        return SimResult(
+        return RunResult(
             virtual_time_s=end,
             wall_time_s=wallclock.perf_counter() - t0,
             train_wall_s=self.train_wall,

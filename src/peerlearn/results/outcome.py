@@ -1,0 +1,44 @@
+"""What a finished run measured: the numbers ``summary.json`` is built from, for every engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class ByteCounters:
+    """Per-node byte totals of delivered and cancelled messages (bytes sent are counted apart)."""
+
+    n: int
+    delivered: np.ndarray = field(init=False)
+    wasted: np.ndarray = field(init=False)
+    data: np.ndarray = field(init=False)
+    meta: np.ndarray = field(init=False)
+    received: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("delivered", "wasted", "data", "meta", "received"):
+            setattr(self, name, np.zeros(self.n))
+
+
+@dataclass
+class RunResult:
+    """What one run measured, whichever engine ran it (``build_summary`` reads it).
+
+    A deployed run fills the time fields with wall-clock seconds since the common start.
+    """
+
+    virtual_time_s: float
+    wall_time_s: float
+    train_wall_s: float
+    eval_wall_s: float
+    iterations: np.ndarray
+    bytes_sent: np.ndarray
+    counters: ByteCounters
+    messages_delivered: int
+    messages_dropped: int
+    train_batches: int
+    train_jobs: int
+    finished_all: bool
