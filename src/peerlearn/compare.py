@@ -94,6 +94,7 @@ def run_compare(
     raw = apply_overrides(raw, overrides)
     variants = parse_algorithms(algorithms)
     cfgs = {label: variant_config(raw, name, params) for label, name, params in variants}
+    base = _baseline(baseline, list(cfgs), default=variants[-1][0])  # before hours of runs
     name = next(iter(cfgs.values())).name
     root = prepare_run_dir(out, f"{name}-compare", overwrite=overwrite)
     console = Console(stderr=True, quiet=quiet)
@@ -102,20 +103,26 @@ def run_compare(
     for label, cfg in cfgs.items():
         cfg = cfg.model_copy(update={"name": f"{cfg.name}-{label}"})
         console.print(f"[bold]{label}[/bold]")
-        try:
-            res = run_experiment(cfg, root / label, quiet=quiet, console=console)
-        except RunDirError as exc:  # cannot happen in a fresh root; keep the message if it does
-            raise RunDirError(str(exc)) from None
+        res = run_experiment(cfg, root / label, quiet=quiet, console=console)
         summaries[label] = res.summary
         recorders[label] = res.recorder
-    base = baseline or variants[-1][0]
-    if base not in summaries:
-        raise ConfigError(f"--baseline {base!r} is not one of {list(summaries)}")
+    return _write(root, summaries, recorders, base, quiet)
+
+
+def _baseline(chosen: str | None, labels: list[str], *, default: str) -> str:
+    base = chosen or default
+    if base not in labels:
+        raise ConfigError(f"--baseline {base!r} is not one of {labels}")
+    return base
+
+
+def _write(root: Path, summaries, recorders, base: str, quiet: bool) -> dict[str, Any]:
+    """comparison.json, joint plots and the printed table."""
     comparison = write_comparison(root, summaries, recorders, baseline=base)
+    (root / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
     if not quiet:
         Console().print(comparison_table(comparison))
-        console.print(f"results in [bold]{root}[/bold]")
-    (root / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
+        Console(stderr=True).print(f"results in [bold]{root}[/bold]")
     return comparison
 
 
@@ -149,13 +156,6 @@ def compare_run_dirs(
         summaries[label], recorders[label] = summary, recorder
     if not summaries:
         raise ConfigError("compare-runs needs at least one run directory")
-    base = baseline or next(iter(summaries))
-    if base not in summaries:
-        raise ConfigError(f"--baseline {base!r} is not one of {list(summaries)}")
+    base = _baseline(baseline, list(summaries), default=next(iter(summaries)))
     root = prepare_run_dir(out, "runs-compare", overwrite=overwrite)
-    comparison = write_comparison(root, summaries, recorders, baseline=base)
-    (root / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
-    if not quiet:
-        Console().print(comparison_table(comparison))
-        Console(stderr=True).print(f"results in [bold]{root}[/bold]")
-    return comparison
+    return _write(root, summaries, recorders, base, quiet)
