@@ -24,7 +24,8 @@ from peerlearn.codecs.partial import PartialPayload
 from peerlearn.codecs.sparse import SparseVector
 from peerlearn.config.algorithms_sparse import ChocoConfig
 from peerlearn.protocols.base import Action, Record
-from peerlearn.protocols.sparse import SyncRounds, top_k_indices
+from peerlearn.protocols.rounds import SyncRounds
+from peerlearn.protocols.sparse import top_k_indices
 
 
 class Choco(SyncRounds):

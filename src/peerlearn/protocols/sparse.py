@@ -18,19 +18,16 @@ of JWINS, which swaps the identity for a wavelet transform and draws alpha at ra
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections import defaultdict
-from typing import Any
 
 import numpy as np
-import torch
 
 from peerlearn.codecs.floats import float_codec
-from peerlearn.codecs.message import Message, Payload
+from peerlearn.codecs.message import Payload
 from peerlearn.codecs.partial import PartialPayload
 from peerlearn.codecs.seedmask import SeedMaskVector
 from peerlearn.config.algorithms_sparse import SubsamplingConfig, TopKConfig
-from peerlearn.protocols.base import Action, Finish, Protocol, Record, Send, Train
-from peerlearn.protocols.dpsgd import metropolis_hastings
+from peerlearn.protocols.base import Action, Record
+from peerlearn.protocols.rounds import SyncRounds
 
 
 def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
@@ -41,75 +38,6 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     if k >= size:
         return np.arange(size, dtype=np.int64)
     return np.sort(np.argpartition(scores, size - k)[size - k :]).astype(np.int64)
-
-
-class SyncRounds(Protocol):
-    """D-PSGD's synchronous round with pluggable payload and merge.
-
-    Subclasses build one payload per round (sent to every neighbour) and merge the neighbours'
-    payloads of the same round, given Metropolis-Hastings weights (key -1 = self) computed from
-    each payload's ``degree``.
-    """
-
-    def __init__(self, ctx, params, *, local_steps, max_iterations) -> None:
-        super().__init__(ctx, params, local_steps=local_steps, max_iterations=max_iterations)
-        self.trained = False
-        self.inbox: dict[int, dict[int, Any]] = defaultdict(dict)
-
-    # -- what subclasses provide ----------------------------------------------------------------
-    def start_records(self) -> list[Action]:
-        """Actions to emit once at start (e.g. which float codec the run uses)."""
-        return []
-
-    @abstractmethod
-    def make_payload(self) -> tuple[Payload, list[Action]]:
-        """This round's payload (the model is freshly trained) and any records to emit."""
-
-    @abstractmethod
-    def merge(self, got: dict[int, Any], weights: dict[int, float]) -> None:
-        """Combine own state with one payload per neighbour; writes ``ctx.model`` in place."""
-
-    # -- the round ------------------------------------------------------------------------------
-    @property
-    def degree(self) -> int:
-        return len(self.ctx.neighbors)
-
-    def model_array(self) -> np.ndarray:
-        """A float32 numpy copy of the node's current model."""
-        return self.ctx.model.detach().cpu().numpy().astype(np.float32, copy=True)
-
-    def set_model(self, x: np.ndarray) -> None:
-        self.ctx.model.copy_(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-
-    def on_start(self) -> list[Action]:
-        return [*self.start_records(), Train(self.local_steps)]
-
-    def on_training_done(self, steps: int) -> list[Action]:
-        self.trained = True
-        payload, records = self.make_payload()
-        sends: list[Action] = [
-            Send(j, "model", self.iteration, payload) for j in self.ctx.neighbors
-        ]
-        return records + sends + self._try_merge()
-
-    def on_message(self, message: Message) -> list[Action]:
-        if message.src not in self.ctx.neighbors or message.iteration < self.iteration:
-            return [Record("ignored_messages", 1.0)]
-        self.inbox[message.iteration][message.src] = message.payload
-        return self._try_merge()
-
-    def _try_merge(self) -> list[Action]:
-        got = self.inbox.get(self.iteration, {})
-        if not self.trained or len(got) < len(self.ctx.neighbors):
-            return []
-        del self.inbox[self.iteration]
-        weights = metropolis_hastings(self.degree, {j: p.degree for j, p in got.items()})
-        self.merge(got, weights)
-        self.iteration += 1
-        self.trained = False
-        if self.done_iterating():
-            return [Finish()]
-        return [Train(self.local_steps)]
 
 
 class PartialSharing(SyncRounds):
