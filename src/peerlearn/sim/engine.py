@@ -118,6 +118,7 @@ class Simulator:
         self.messages: dict[int, Message] = {}
         self._next_msg_id = 0
         self.counters = ByteCounters(self.n)
+        self.finished = 0  # nodes that emitted Finish
         self.messages_delivered = 0
         self.messages_dropped = 0
         self.train_batches = 0
@@ -134,7 +135,7 @@ class Simulator:
         for i in range(self.n):
             self.queue.push(0.0, (_NODE, i, Started()))
         while True:
-            if all(p.finished for p in self.protocols):
+            if self.finished == self.n:  # checked every event: a counter, not a scan
                 end = self.now
                 break
             t_event = self.queue.peek_time()
@@ -171,7 +172,7 @@ class Simulator:
             messages_dropped=self.messages_dropped,
             train_batches=self.train_batches,
             train_jobs=self.train_jobs,
-            finished_all=all(p.finished for p in self.protocols),
+            finished_all=self.finished == self.n,
         )
 
     # -----------------------------------------------------------------------------------------
@@ -246,6 +247,7 @@ class Simulator:
             case Record(metric=metric, value=value):
                 self.recorder.add(self.now, node, proto.iteration, metric, value)
             case Finish():
+                self.finished += 1
                 self.recorder.add(self.now, node, proto.iteration, "finished", 1.0)
             case _:
                 raise TypeError(f"unknown action {action!r} from node {node}")
