@@ -15,6 +15,7 @@ CASES = {
     "sim_rate.py": ["--nodes", "6", "--virtual-s", "1"],
     "train_throughput.py": ["--nodes", "2", "--steps", "1", "--repeats", "1"],
     "eval_throughput.py": ["--nodes", "2", "--test", "64", "--batch", "32"],
+    "results_digest.py": ["--virtual-s", "0.5"],
     "network_model.py": [
         "--nodes",
         "8",
