@@ -17,6 +17,7 @@ from pathlib import Path
 
 from peerlearn.config import load_config
 from peerlearn.deploy.launcher import deploy_experiment, launch_local, merge_run
+from peerlearn.results.messages import read_messages_csv
 from peerlearn.results.metrics import COLUMNS
 from tests.test_deploy_node import free_port_base
 
@@ -55,7 +56,7 @@ def _env() -> dict[str, str]:
 def test_local_divshare_deployment(tmp_path: Path, monkeypatch) -> None:
     for k, v in _env().items():
         monkeypatch.setenv(k, v)
-    cfg = _cfg(4, 5)
+    cfg = _cfg(4, 5, "eval.log_messages=true")
     run_dir, summary = deploy_experiment(cfg, tmp_path / "run", quiet=True)
     assert summary["engine"] == "deploy"
     assert summary["deploy"]["nodes_failed"] == []
@@ -69,6 +70,14 @@ def test_local_divshare_deployment(tmp_path: Path, monkeypatch) -> None:
     assert (run_dir / "metrics.csv").read_text().splitlines()[0] == ",".join(COLUMNS)
     assert 'engine = "deploy"' in (run_dir / "config.toml").read_text()
     assert (run_dir / "plots" / "acc_vs_time.png").exists()
+    # the per-message log pairs every received frame with its send
+    log = read_messages_csv(run_dir / "messages.csv")
+    assert len(log) == summary["messages"]["delivered"]
+    assert int(log.nbytes.sum()) == summary["bytes"]["delivered"]
+    assert set(log.kind) == {"fragment"}
+    assert (log.transfer_s > 0).all() and (log.transfer_s < 5).all()
+    # what is unmatched was still in flight when the run stopped (at most a few per node)
+    assert 0 <= summary["deploy"]["messages_log_unmatched"] < 0.2 * len(log)
 
 
 def test_killed_node_does_not_stop_the_others(tmp_path: Path, monkeypatch) -> None:

@@ -103,3 +103,30 @@ def test_drop_pending_cancels_queued_and_in_flight(monkeypatch) -> None:
     assert not [r for r in sim.recorder.rows if r[3] == "got"]
     assert result.bytes_sent[0] == pytest.approx(0.5e6)
     assert result.counters.wasted[0] == pytest.approx(0.5e6)
+
+
+def test_message_log_times_each_delivery() -> None:
+    k, steps, step_time, mbps, lat_ms = 3, 3, 0.02, 8.0, 5.0
+    cfg = small(
+        "nodes=2",
+        "topology.kind=full",
+        f"stop.iterations={k}",
+        "stop.virtual_time_s=1000",
+        f"compute.step_time_s={step_time}",
+        f"train.local_steps={steps}",
+        f"network.mbps={mbps}",
+        f"network.latency_ms={lat_ms}",
+        "eval.log_messages=true",
+    )
+    setup = build_setup(cfg)
+    result = Simulator(setup).run()
+    nbytes = HEADER_BYTES + 4 + 4 * setup.model.layout.numel
+    log = result.message_log
+    assert log is not None and len(log) == result.messages_delivered == 2 * k
+    round_time = steps * step_time + nbytes / (mbps * 1e6 / 8) + lat_ms / 1000
+    for src, dst, kind, it, size, sent, delivered in log:
+        assert (src, dst, kind, size) == (src, 1 - src, "model", nbytes)
+        # D-PSGD sends right after training: (it + 1) rounds' compute, `it` rounds before it
+        assert sent == pytest.approx(it * round_time + steps * step_time, rel=1e-9)
+        assert delivered - sent == pytest.approx(round_time - steps * step_time, rel=1e-9)
+    assert Simulator(build_setup(small("nodes=2"))).run().message_log is None

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from peerlearn.config import ExperimentConfig, dump_config
 from peerlearn.experiment import build_setup
+from peerlearn.results.messages import write_messages_csv
 from peerlearn.results.metrics import MetricsRecorder
 from peerlearn.results.plots import write_plots
 from peerlearn.results.report import summary_table
@@ -71,6 +72,8 @@ def run_experiment(
         if stop:
             bar.update(task, completed=stop)
     recorder.write_csv(run_dir / "metrics.csv")
+    if result.message_log is not None:
+        write_messages_csv(run_dir / "messages.csv", result.message_log)
     summary = build_summary(cfg=cfg, recorder=recorder, result=result)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if plots:

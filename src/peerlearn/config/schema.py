@@ -156,6 +156,8 @@ class EvalConfig(Section):
     targets: list[Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=lambda: [0.5, 0.8, 0.9]
     )
+    # write messages.csv: send and delivery time of every delivered message (both engines)
+    log_messages: bool = False
 
 
 class DeployConfig(Section):

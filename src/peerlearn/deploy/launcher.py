@@ -33,6 +33,7 @@ from peerlearn.deploy.emulate import (
     plan_links,
 )
 from peerlearn.deploy.errors import DeployError
+from peerlearn.results.messages import match_deployed, write_messages_csv
 from peerlearn.results.metrics import ALL_NODES, MetricsRecorder
 from peerlearn.results.outcome import ByteCounters, RunResult
 from peerlearn.results.plots import write_plots
@@ -173,6 +174,7 @@ def merge_run(
     _aggregate(rec, cfg)
     rec.rows.sort(key=lambda r: (r[0], r[1]))
     rec.write_csv(run_dir / "metrics.csv")
+    unmatched = _merge_message_logs(nodes_dir, n, run_dir) if cfg.eval.log_messages else None
 
     counters = ByteCounters(n)
     sent = np.zeros(n)
@@ -224,9 +226,27 @@ def merge_run(
         "start_lateness_max_s": max((s["start_lateness_s"] for s in stats.values()), default=0),
         "train_wall_s_per_node_mean": result.train_wall_s / max(len(stats), 1),
     }
+    if unmatched is not None:
+        summary["deploy"]["messages_log_unmatched"] = unmatched
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_plots(rec, run_dir / "plots", f"{cfg.name}: {cfg.algorithm.name} (deployed)")
     return summary, rec
+
+
+def _merge_message_logs(nodes_dir: Path, n: int, run_dir: Path) -> int:
+    """Nodes' send and receive logs -> messages.csv; returns how many sends found no arrival
+    (lost with a node that died, still in flight at the end, or not paired)."""
+    sent: dict[int, list] = {}
+    received: dict[int, list] = {}
+    for i in range(n):
+        path = nodes_dir / f"messages-{i}.json"
+        if path.exists():
+            logs = json.loads(path.read_text())
+            sent[i] = [tuple(r) for r in logs["sent"]]
+            received[i] = [tuple(r) for r in logs["received"]]
+    rows, unmatched = match_deployed(sent, received)
+    write_messages_csv(run_dir / "messages.csv", rows)
+    return unmatched
 
 
 def _read_node_csv(path: Path) -> list[tuple[float, int, int, str, float]]:

@@ -95,6 +95,8 @@ class _Outgoing:
     frame: bytes
     data: int
     meta: int
+    kind: str
+    sent_s: float  # when the protocol emitted the Send (seconds since the common start)
     ready_at: float = 0.0  # monotonic; > now while an emulated latency holds it back
 
 
@@ -213,6 +215,13 @@ class NodeRuntime:
         self.timers: list[asyncio.TimerHandle] = []
         self.tasks: set[asyncio.Task] = set()
         self.csv_path = out_dir / f"node-{node}.csv"
+        # eval.log_messages: frames handed to ZeroMQ and frames received, each numbered per
+        # peer, paired by the launcher into messages.csv (results/messages.match_deployed)
+        self.log_messages = cfg.eval.log_messages
+        self.sent_log: list[tuple[int, int, str, int, int, float]] = []
+        self.recv_log: list[tuple[int, int, int, int, float]] = []
+        self.sent_seq: Counter[int] = Counter()
+        self.recv_seq: Counter[int] = Counter()
 
     # -- clocks ----------------------------------------------------------------------------------
 
@@ -373,7 +382,11 @@ class NodeRuntime:
                     q.popleft()
                     self.stats.messages_overflow += 1
                 ready = time.monotonic() + self.hold_s[dest] if self.hold_s is not None else 0.0
-                q.append(_Outgoing(iteration, frame, msg.data_bytes, msg.meta_bytes, ready))
+                q.append(
+                    _Outgoing(
+                        iteration, frame, msg.data_bytes, msg.meta_bytes, kind, self.now(), ready
+                    )
+                )
                 self.wake[dest].set()
             case DropPending(before_iteration=before):
                 for q in self.queues.values():
@@ -457,6 +470,12 @@ class NodeRuntime:
             s.bytes_sent += len(item.frame)
             s.data_bytes += item.data
             s.meta_bytes += item.meta
+            if self.log_messages:
+                seq = self.sent_seq[peer]
+                self.sent_seq[peer] = seq + 1
+                self.sent_log.append(
+                    (peer, seq, item.kind, item.iteration, len(item.frame), item.sent_s)
+                )
 
     async def _receiver(self) -> None:
         assert self.router is not None
@@ -473,6 +492,9 @@ class NodeRuntime:
             identity = node_of_identity(frames[0].bytes, self.n)
             if identity is None:
                 raise WireError("unknown_identity", repr(frames[0].bytes[:16]))
+            # numbered before the checks: the sender numbered every frame it handed over
+            seq = self.recv_seq[identity]
+            self.recv_seq[identity] = seq + 1
             if self.keys is not None:
                 user = frames[1].get("User-Id")
                 if self.public_to_node.get(user) != identity:
@@ -484,6 +506,8 @@ class NodeRuntime:
         self.stats.messages_received += 1
         self.stats.bytes_received += size
         self.received_from[msg.src] += size
+        if self.log_messages:
+            self.recv_log.append((msg.src, seq, msg.iteration, size, self.now()))
         try:
             self._feed(MessageArrived(msg))
         except Exception:  # the protocol refused it (e.g. a fragment of the wrong length)
@@ -546,6 +570,10 @@ class NodeRuntime:
         s.received_from = dict(self.received_from)
         s.rejected = dict(self.rejected)
         self._flush_rows()
+        if self.log_messages:
+            log_tmp = self.out_dir / f".messages-{self.node}.json"
+            log_tmp.write_text(json.dumps({"sent": self.sent_log, "received": self.recv_log}))
+            os.replace(log_tmp, self.out_dir / f"messages-{self.node}.json")
         tmp = self.out_dir / f".node-{self.node}.json"
         tmp.write_text(json.dumps(asdict(s), indent=1) + "\n")
         os.replace(tmp, self.out_dir / f"node-{self.node}.json")

@@ -42,3 +42,5 @@ class RunResult:
     train_batches: int
     train_jobs: int
     finished_all: bool
+    #: one row per delivered message (results/messages.py), when eval.log_messages is set
+    message_log: list | None = None

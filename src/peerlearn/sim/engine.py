@@ -121,6 +121,7 @@ class Simulator:
         self.finished = 0  # nodes that emitted Finish
         self.messages_delivered = 0
         self.messages_dropped = 0
+        self.message_log: list | None = [] if cfg.eval.log_messages else None
         self.train_batches = 0
         self.train_jobs = 0
         self.train_wall = 0.0
@@ -173,6 +174,7 @@ class Simulator:
             train_batches=self.train_batches,
             train_jobs=self.train_jobs,
             finished_all=self.finished == self.n,
+            message_log=self.message_log,
         )
 
     # -----------------------------------------------------------------------------------------
@@ -197,6 +199,10 @@ class Simulator:
             c.meta[msg.src] += msg.meta_bytes
             c.received[msg.dst] += msg.nbytes
             self.messages_delivered += 1
+            if self.message_log is not None:
+                self.message_log.append(
+                    (msg.src, msg.dst, msg.kind, msg.iteration, msg.nbytes, msg.sent_at, self.now)
+                )
             self._feed(msg.dst, MessageArrived(msg))
         elif kind == _EVAL:
             self._evaluate()
