@@ -27,7 +27,8 @@ def write_messages_csv(path: Path, rows: list[MessageRow]) -> None:
         w = csv.writer(f)
         w.writerow(COLUMNS)
         for src, dst, kind, it, nbytes, sent, delivered in rows:
-            w.writerow((src, dst, kind, it, nbytes, repr(sent), repr(delivered)))
+            # float(): engine times may be NumPy scalars, whose repr is not a plain number
+            w.writerow((src, dst, kind, it, nbytes, repr(float(sent)), repr(float(delivered))))
 
 
 @dataclass
