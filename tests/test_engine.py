@@ -105,6 +105,28 @@ def test_drop_pending_cancels_queued_and_in_flight(monkeypatch) -> None:
     assert result.counters.wasted[0] == pytest.approx(0.5e6)
 
 
+def test_drop_pending_can_leave_the_message_in_transmission(monkeypatch) -> None:
+    # network.recall_in_flight = false: the half-sent message finishes, the queued one is dropped
+    monkeypatch.setitem(registry.PROTOCOLS, "dpsgd", _SendThenDrop)
+    cfg = small(
+        "nodes=2",
+        "topology.kind=full",
+        "network.mbps=8",
+        "network.latency_ms=0",
+        "compute.step_time_s=0.5",
+        "stop.virtual_time_s=5",
+        "network.recall_in_flight=false",
+        "eval.log_messages=true",
+    )
+    sim = Simulator(build_setup(cfg))
+    result = sim.run()
+    assert result.messages_delivered == 1 and result.messages_dropped == 1
+    assert result.counters.wasted[0] == 0
+    (row,) = result.message_log
+    assert row[4] > 1e6  # the 1 MB payload and its header
+    assert row[6] == pytest.approx(row[4] / 1e6)  # sent at 0, at 1 MB/s, not slowed by the drop
+
+
 def test_message_log_times_each_delivery() -> None:
     k, steps, step_time, mbps, lat_ms = 3, 3, 0.02, 8.0, 5.0
     cfg = small(

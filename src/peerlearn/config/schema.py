@@ -95,6 +95,10 @@ class NetworkConfig(Section):
     # 0: exact max-min rates, recomputed at every change; > 0: recomputed at most this often
     # (Kollaps updates every 0.05 s); in between, new connections take the capacity left over
     rate_update_s: NonNegFloat = 0.0
+    # DropPending also cancels a message already in transmission (as the DivShare artifact's
+    # socket reset intends); false: a started message finishes, as a frame already in a real
+    # TCP connection does (docs/fidelity.md)
+    recall_in_flight: bool = True
     # Diablo: what two nodes of the same region get (the artifact's file defines no such link)
     intra_region_mbps: PosFloat | None = None
 

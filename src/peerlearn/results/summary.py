@@ -65,6 +65,7 @@ def build_summary(
             "mean": float(iters.mean()),
             "min": int(iters.min()),
             "max": int(iters.max()),
+            "per_node": iters.tolist(),
         },
         "messages": {"delivered": result.messages_delivered, "dropped": result.messages_dropped},
         "finished_all_nodes": result.finished_all,

@@ -239,10 +239,12 @@ class Simulator:
                 self.messages[msg.id] = msg
                 self.net.enqueue(msg.id, node, dest, msg.nbytes)
             case DropPending(before_iteration=before):
+                recall = self.cfg.network.recall_in_flight
                 ids = [
                     m
                     for m in self.net.pending(node)
-                    if before is None or self.messages[m].iteration < before
+                    if (before is None or self.messages[m].iteration < before)
+                    and (recall or not self.net.transmitting(m))
                 ]
                 for msg_id, sent in self.net.cancel(ids).items():
                     self.counters.wasted[node] += sent

@@ -197,6 +197,10 @@ class FlowNetwork:
             return list(self._msgs)
         return list(self._by_src.get(src, ()))
 
+    def transmitting(self, msg_id: int) -> bool:
+        """Whether a pending message has started (it is the head of its connection)."""
+        return self._msgs[msg_id].slot >= 0
+
     def next_completion_time(self) -> float:
         """When the earliest flow finishes (or a bounded update is due); inf if none."""
         self._refresh()
