@@ -225,7 +225,9 @@ def test_drop_pending_removes_only_what_has_not_left(tmp_path: Path) -> None:
         executor=ThreadPoolExecutor(max_workers=1),
     )
     for peer in (1, 2):
-        rt.queues[peer] = deque(_Outgoing(it, b"x" * 10, 6, 4) for it in (0, 1, 2, 3))
+        rt.queues[peer] = deque(
+            _Outgoing(it, b"x" * 10, 6, 4, "fragment", 0.0) for it in (0, 1, 2, 3)
+        )
     rt._act(DropPending(before_iteration=2))
     assert [m.iteration for m in rt.queues[1]] == [2, 3]
     assert (rt.stats.messages_dropped, rt.stats.bytes_dropped) == (4, 40)
