@@ -16,6 +16,10 @@ def test_parse_algorithms_with_parameters() -> None:
     got = parse_algorithms("divshare[fragments=2; fanout=3],swift,adpsgd")
     assert got[0] == ("divshare-fragments2-fanout3", "divshare", ["fragments=2", "fanout=3"])
     assert [g[0] for g in got[1:]] == ["swift", "adpsgd"]
+    # commas inside brackets separate parameters, not variants
+    got = parse_algorithms("choco[fraction=0.05,gamma=0.5],dpsgd")
+    assert got[0] == ("choco-fraction0p05-gamma0p5", "choco", ["fraction=0.05", "gamma=0.5"])
+    assert got[1][0] == "dpsgd"
     with pytest.raises(ConfigError):
         parse_algorithms("swift,swift")
     with pytest.raises(ConfigError):

@@ -49,9 +49,11 @@ def parse_algorithms(spec: str) -> list[tuple[str, str, list[str]]]:
         m = _ENTRY.match(entry)
         if not m:
             raise ConfigError(
-                f"--algorithms: cannot read {entry!r}; expected name or name[k=v;...]"
+                f"--algorithms: cannot read {entry!r}; expected name or name[k=v,...]"
             )
-        name, params = m.group(1), [p.strip() for p in (m.group(2) or "").split(";") if p.strip()]
+        # parameters are separated by ';' or ',' (commas inside brackets do not split variants)
+        raw_params = re.split(r"[;,]", m.group(2) or "")
+        name, params = m.group(1), [p.strip() for p in raw_params if p.strip()]
         label = name + "".join(
             "-" + p.replace("=", "").replace(".", "p").replace(" ", "") for p in params
         )
