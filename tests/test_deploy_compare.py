@@ -15,7 +15,8 @@ from tests.conftest import small
 
 
 def test_compare_a_simulated_and_a_deployed_run(tmp_path: Path) -> None:
-    sim = run_experiment(small(), tmp_path / "twin", quiet=True, plots=False).run_dir
+    cfg = small("eval.log_messages=true")
+    sim = run_experiment(cfg, tmp_path / "twin", quiet=True, plots=False).run_dir
     # a deployed run directory has the same files; only the engine differs
     real = tmp_path / "deployed" / "twin"
     shutil.copytree(sim, real)
@@ -27,5 +28,10 @@ def test_compare_a_simulated_and_a_deployed_run(tmp_path: Path) -> None:
     assert out["baseline"] == "twin@sim"
     assert (tmp_path / "cmp" / "comparison.json").exists()
     assert (tmp_path / "cmp" / "plots" / "acc_vs_time.png").exists()
+    # both have messages.csv: the comparison reports their transfer times
+    for label in ("twin@sim", "twin@deploy"):
+        t = out["runs"][label]["transfer_s"]
+        assert t["messages"] == summary["messages"]["delivered"] > 0
+        assert 0 < t["p10"] <= t["median"] <= t["p90"]
     with pytest.raises(ConfigError, match="labelled"):
         compare_run_dirs([sim, sim], tmp_path / "cmp2", quiet=True)

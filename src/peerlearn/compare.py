@@ -26,6 +26,7 @@ from peerlearn.config.load import (
 )
 from peerlearn.config.schema import ExperimentConfig
 from peerlearn.results.comparison import comparison_table, write_comparison
+from peerlearn.results.messages import read_messages_csv, transfer_stats
 from peerlearn.results.rundir import RunDirError, prepare_run_dir
 from peerlearn.runner import run_experiment
 
@@ -108,7 +109,7 @@ def run_compare(
         res = run_experiment(cfg, root / label, quiet=quiet, console=console)
         summaries[label] = res.summary
         recorders[label] = res.recorder
-    return _write(root, summaries, recorders, base, quiet)
+    return _write(root, summaries, recorders, base, quiet, {k: root / k for k in cfgs})
 
 
 def _baseline(chosen: str | None, labels: list[str], *, default: str) -> str:
@@ -118,9 +119,16 @@ def _baseline(chosen: str | None, labels: list[str], *, default: str) -> str:
     return base
 
 
-def _write(root: Path, summaries, recorders, base: str, quiet: bool) -> dict[str, Any]:
+def _write(
+    root: Path, summaries, recorders, base: str, quiet: bool, run_dirs: dict[str, Path]
+) -> dict[str, Any]:
     """comparison.json, joint plots and the printed table."""
     comparison = write_comparison(root, summaries, recorders, baseline=base)
+    for label, d in run_dirs.items():  # runs with eval.log_messages: transfer-time statistics
+        if (d / "messages.csv").exists():
+            comparison["runs"][label]["transfer_s"] = transfer_stats(
+                read_messages_csv(d / "messages.csv")
+            )
     (root / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
     if not quiet:
         Console().print(comparison_table(comparison))
@@ -146,6 +154,7 @@ def compare_run_dirs(
 
     summaries: dict[str, dict[str, Any]] = {}
     recorders = {}
+    dirs: dict[str, Path] = {}
     for d in run_dirs:
         try:
             summary = json.loads((d / "summary.json").read_text())
@@ -155,9 +164,9 @@ def compare_run_dirs(
         label = f"{d.name}@{summary.get('engine', 'sim')}"
         if label in summaries:
             raise ConfigError(f"two runs are labelled {label!r}; rename one directory")
-        summaries[label], recorders[label] = summary, recorder
+        summaries[label], recorders[label], dirs[label] = summary, recorder, d
     if not summaries:
         raise ConfigError("compare-runs needs at least one run directory")
     base = _baseline(baseline, list(summaries), default=next(iter(summaries)))
     root = prepare_run_dir(out, "runs-compare", overwrite=overwrite)
-    return _write(root, summaries, recorders, base, quiet)
+    return _write(root, summaries, recorders, base, quiet, dirs)

@@ -81,6 +81,9 @@ def comparison_table(comparison: dict[str, Any]) -> Table:
         table.add_column(f"t→{t}", justify="right")
     table.add_column("MB sent/node", justify="right")
     table.add_column("iterations", justify="right")
+    transfers = any("transfer_s" in r for r in runs.values())
+    if transfers:
+        table.add_column("median transfer", justify="right")
     for label, r in runs.items():
         f = r["final"]
         acc = f.get("test_acc_mean")
@@ -90,5 +93,8 @@ def comparison_table(comparison: dict[str, Any]) -> Table:
             cells.append("never" if v is None else f"{v:.0f}s" + (f" ({sp:.2f}x)" if sp else ""))
         cells.append(f"{r['bytes']['sent_per_node_mean'] / 1e6:.1f}")
         cells.append(f"{r['iterations']['mean']:.1f}")
+        if transfers:
+            median = r.get("transfer_s", {}).get("median")
+            cells.append("-" if median is None else f"{median:.3f}s")
         table.add_row(*cells)
     return table

@@ -73,6 +73,15 @@ def read_messages_csv(path: Path) -> MessageLog:
     )
 
 
+def transfer_stats(log: MessageLog) -> dict[str, float | int | None]:
+    """Delivered messages and their transfer time's median, 10th and 90th percentiles (s)."""
+    t = log.transfer_s
+    if not len(t):
+        return {"messages": 0, "median": None, "p10": None, "p90": None}
+    p10, median, p90 = np.percentile(t, [10, 50, 90])
+    return {"messages": len(t), "median": float(median), "p10": float(p10), "p90": float(p90)}
+
+
 def match_deployed(
     sent: dict[int, list[tuple[int, int, str, int, int, float]]],
     received: dict[int, list[tuple[int, int, int, int, float]]],
