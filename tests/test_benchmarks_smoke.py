@@ -49,6 +49,17 @@ def test_benchmark_runs_and_writes_json(script: str, tmp_path: Path) -> None:
     assert json.loads(out.read_text())
 
 
+def test_node_receive_benchmark_runs(tmp_path: Path) -> None:
+    """One real node fed by one sender process for 0.7 s, and the plain-ROUTER baseline."""
+    out = tmp_path / "node_receive.json"
+    cmd = [sys.executable, str(BENCH / "node_receive.py"), "--quick", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())
+    assert row["rejected"] == 0
+    assert row["node_msgs_per_s"] > 0 and row["raw_msgs_per_s"] > 0
+
+
 def test_codec_benchmark_runs() -> None:
     cmd = [sys.executable, str(BENCH / "codec_time.py"), "--repeats", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
