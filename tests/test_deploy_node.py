@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -256,3 +257,44 @@ def test_emulated_compute_pads_training_to_the_simulated_time(tmp_path: Path) ->
 
     stats = asyncio.run(scenario())
     assert 1 <= stats.train_jobs <= 3  # 0.6 s per local training, not a few milliseconds
+
+
+def test_a_steady_stream_of_messages_does_not_stop_training(tmp_path: Path) -> None:
+    cfg = _cfg("divshare", "algorithm.fragments=2", "algorithm.fanout=1")
+    during: list[int] = []
+
+    async def scenario():
+        ctx = zmq.asyncio.Context()
+        rt = _runtime(cfg, tmp_path, ctx)
+        frame = _valid_fragment(rt, 1)
+        ep = rt.endpoints[0]
+
+        def blast() -> None:  # as fast as ZeroMQ takes them, for 3 s, from another thread
+            sctx = zmq.Context()
+            sock = sctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IDENTITY, identity_of(1))
+            sock.connect(ep)
+            end = time.monotonic() + 3.0
+            while time.monotonic() < end:
+                try:
+                    sock.send(frame, zmq.NOBLOCK)
+                except zmq.Again:
+                    time.sleep(0.0005)
+            during.append(rt.proto.iteration)  # what the node achieved under the stream
+            sock.close()
+            sctx.term()
+
+        run = asyncio.create_task(rt.run())
+        sender = threading.Thread(target=blast)
+        sender.start()
+        while sender.is_alive():
+            await asyncio.sleep(0.1)
+        rt.stop("test")
+        stats = await run
+        ctx.term()
+        return stats
+
+    stats = asyncio.run(scenario())
+    assert stats.messages_received > 1000 and stats.rejected == {}
+    assert during[0] >= 3  # it trained and aggregated while the messages kept coming

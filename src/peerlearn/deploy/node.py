@@ -482,6 +482,10 @@ class NodeRuntime:
         while True:
             frames = await self.router.recv_multipart(copy=False)
             self.handle_frames(frames)
+            # while frames are waiting, pyzmq hands back an already finished future, and awaiting
+            # it does not return to the event loop: without this, a steady stream of messages
+            # would starve the end of training, timers, evaluations and the watchdog
+            await asyncio.sleep(0)
 
     def handle_frames(self, frames: list) -> None:
         """Check one incoming message; anything wrong is counted by reason and dropped."""
