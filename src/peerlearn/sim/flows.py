@@ -118,9 +118,12 @@ class FlowNetwork:
         if not np.all(np.isfinite(lat) & (lat >= 0)):
             raise ValueError("latency_s must be finite and >= 0")
         self.n = n
-        self._latency = lat
+        # one delay for every pair, or rows of Python floats (looked up once per message)
+        self._latency_all: float | None = float(lat) if lat.ndim == 0 else None
+        self._latency_rows: list[list[float]] = lat.tolist() if lat.ndim == 2 else []
         # Resources: uplink i -> i, downlink j -> n + j, shared link k -> 2n + k.
         self._caps = np.concatenate([up, down, link_caps])
+        self._cap_list: list[float] = self._caps.tolist()  # for scalar use on the hot path
         self._n_links = len(link_caps)
         self._route_fn = route
         self._routes: dict[tuple[int, int], tuple[int, ...]] = {}
@@ -146,6 +149,7 @@ class FlowNetwork:
         self._first: float | None = math.inf
         self._start_seq = np.zeros(0, dtype=np.int64)  # orders completions that tie in time
         self._slot_route: list[tuple[int, ...]] = []
+        self._slot_res: list[tuple[int, ...]] = []  # resources crossed: up, down, shared links
         self._free: list[int] = []
         self._seq = 0
         self._dirty = False  # the set of connections changed: rates must be recomputed
@@ -153,14 +157,17 @@ class FlowNetwork:
         # ``rate_update_s``; in between, a new connection takes what is left on its path.
         self.rate_update_s = float(rate_update_s)
         self._last_update = -math.inf
-        self._used = np.zeros(len(self._caps))  # sum of current rates per resource
+        # sum of current rates per resource (bounded mode), Python floats for the scalar hot path
+        self._used: list[float] = [0.0] * len(self._cap_list)
         self.recomputations = 0
 
     # -- queries ---------------------------------------------------------------------------------
 
     def latency(self, src: int, dst: int) -> float:
         """Propagation delay added by the engine after a message's last byte is sent."""
-        return float(self._latency if self._latency.ndim == 0 else self._latency[src, dst])
+        if self._latency_all is not None:
+            return self._latency_all
+        return self._latency_rows[src][dst]
 
     def rate(self, msg_id: int) -> float:
         """Current rate in bytes/s (0 while queued); KeyError if not pending."""
@@ -213,11 +220,16 @@ class FlowNetwork:
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, got {nbytes}")
         self._msgs[msg_id] = _Msg(src, dst, nbytes)
-        self._by_src.setdefault(src, {})[msg_id] = None
-        queue = self._queues.setdefault((src, dst), deque())
-        queue.append(msg_id)
-        if len(queue) == 1:
+        by_src = self._by_src.get(src)
+        if by_src is None:
+            by_src = self._by_src[src] = {}
+        by_src[msg_id] = None
+        queue = self._queues.get((src, dst))
+        if queue is None:  # the connection is idle: the message starts at once
+            self._queues[(src, dst)] = deque((msg_id,))
             self._start(msg_id)
+        else:
+            queue.append(msg_id)
 
     def advance_to(self, t: float) -> list[tuple[int, float]]:
         """Transmit from ``now`` to ``t``; return the messages finished by ``t`` as (id, time)."""
@@ -301,13 +313,6 @@ class FlowNetwork:
             self._routes[key] = links
         return self._routes[key]
 
-    def _resources(self, slot: int) -> list[int]:
-        """Resource ids crossed by the flow in ``slot``: uplink, downlink, shared links."""
-        n = self.n
-        res = [int(self._src[slot]), n + int(self._dst[slot])]
-        route = self._slot_route[slot]
-        return res + [2 * n + k for k in route] if route else res
-
     def _first_finish(self) -> float:
         """The earliest finishing time of any flow, rescanned only when it may have gone up."""
         if self._first is None:
@@ -323,11 +328,8 @@ class FlowNetwork:
             finish = ref + rem / rate
         else:
             finish = math.inf
-        if (
-            self._first is not None
-            and finish >= self._finish[slot]
-            and self._finish[slot] <= (self._first)
-        ):
+        old = self._finish[slot]
+        if self._first is not None and finish >= old and old <= self._first:
             self._first = None  # the slot may have held the minimum and its time went up
         self._finish[slot] = finish
         if self._first is not None:
@@ -347,19 +349,23 @@ class FlowNetwork:
     def _start(self, msg_id: int) -> None:
         """A connection becomes busy: a new flow, so the allocation changes."""
         msg = self._msgs[msg_id]
-        route = self._route(msg.src, msg.dst)
+        src, dst = msg.src, msg.dst
+        route = self._route(src, dst)
         if not self._free:
             self._grow()
         slot = self._free.pop()
-        self._src[slot], self._dst[slot] = msg.src, msg.dst
+        self._src[slot], self._dst[slot] = src, dst
         self._slot_route[slot] = route
+        n = self.n
+        res = (src, n + dst, *(2 * n + k for k in route)) if route else (src, n + dst)
+        self._slot_res[slot] = res
         self._load(slot, msg_id)
         self._rate[slot] = 0.0
         self._dirty = True
         if self.rate_update_s > 0:
-            caps, used = self._caps, self._used
-            res = self._resources(slot)
-            rate = max(min(float(caps[r] - used[r]) for r in res), 0.0)
+            # scalar arithmetic on Python floats: the same IEEE operations as on NumPy scalars
+            caps, used = self._cap_list, self._used
+            rate = max(min(caps[r] - used[r] for r in res), 0.0)
             self._rate[slot] = rate
             if math.isfinite(rate):
                 for r in res:
@@ -396,8 +402,9 @@ class FlowNetwork:
         self._dirty = True
         rate = float(self._rate[slot])
         if self.rate_update_s > 0 and math.isfinite(rate):
-            for r in self._resources(slot):
-                self._used[r] -= rate  # the freed share idles until the next update
+            used = self._used
+            for r in self._slot_res[slot]:
+                used[r] -= rate  # the freed share idles until the next update
         self._rate[slot] = 0.0
 
     def _grow(self) -> None:
@@ -414,6 +421,7 @@ class FlowNetwork:
         self._rate, self._finish = ext(self._rate, 0), ext(self._finish, np.inf)
         self._start_seq = ext(self._start_seq, 0)
         self._slot_route.extend([()] * pad)
+        self._slot_res.extend([()] * pad)
         self._free.extend(range(new - 1, old - 1, -1))  # pop() hands out low slots first
 
     def _next_update(self) -> float:
@@ -431,7 +439,7 @@ class FlowNetwork:
         self._dirty = False
         self._last_update = self.now
         slots = self._active_slots()
-        self._used[:] = 0.0
+        self._used = [0.0] * len(self._cap_list)
         if len(slots) == 0:
             return
         self.recomputations += 1
@@ -458,4 +466,5 @@ class FlowNetwork:
         if self.rate_update_s > 0:
             w = rates[e_flow]
             fin = np.isfinite(w)
-            self._used = np.bincount(e_res[fin], weights=w[fin], minlength=len(self._caps))
+            used = np.bincount(e_res[fin], weights=w[fin], minlength=len(self._caps))
+            self._used = used.tolist()
