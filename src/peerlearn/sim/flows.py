@@ -133,8 +133,9 @@ class FlowNetwork:
         self._by_src: dict[int, dict[int, None]] = {}  # pending ids per sender, in order
         self._queues: dict[tuple[int, int], deque[int]] = {}
         # bytes of finished messages and of the transmitted part of cancelled ones
-        self._done_sent = np.zeros(n)
-        self._done_recv = np.zeros(n)
+        # (Python floats: added to once per message)
+        self._done_sent = [0.0] * n
+        self._done_recv = [0.0] * n
         # Transmitting flows live in slots of parallel arrays; freed slots are reused
         # (deterministically, last freed first). Free slots have finish = inf.
         self._slot_msg = np.full(0, -1, dtype=np.int64)
@@ -189,14 +190,14 @@ class FlowNetwork:
         """Cumulative bytes transmitted by each node (including partial and cancelled)."""
         slots = self._active_slots()
         part = np.bincount(self._src[slots], self._transmitted(slots), minlength=self.n)
-        return self._done_sent + part
+        return np.array(self._done_sent) + part
 
     @property
     def received_by_node(self) -> np.ndarray:
         """Cumulative bytes that crossed each node's downlink."""
         slots = self._active_slots()
         part = np.bincount(self._dst[slots], self._transmitted(slots), minlength=self.n)
-        return self._done_recv + part
+        return np.array(self._done_recv) + part
 
     def pending(self, src: int | None = None) -> list[int]:
         """Ids of queued or transmitting messages (of ``src`` if given), in enqueue order."""
@@ -256,9 +257,9 @@ class FlowNetwork:
                 break
             self.now = max(self.now, first)
             finished = np.flatnonzero(self._finish <= first)
-            for slot in finished[np.argsort(self._start_seq[finished], kind="stable")]:
+            for slot in finished[np.argsort(self._start_seq[finished], kind="stable")].tolist():
                 msg_id = int(self._slot_msg[slot])
-                self._complete(int(slot))
+                self._complete(slot, msg_id)
                 done.append((msg_id, self.now))
         self.now = t
         return done
@@ -284,7 +285,7 @@ class FlowNetwork:
                 self._done_sent[msg.src] += sent
                 self._done_recv[msg.dst] += sent
                 out[msg_id] = sent
-                self._finish_slot(msg.slot)
+                self._finish_slot(msg.slot, msg_id)
         return out
 
     # -- internals -------------------------------------------------------------------------------
@@ -328,9 +329,8 @@ class FlowNetwork:
             self._first = float(self._finish.min()) if len(self._finish) else math.inf
         return self._first
 
-    def _set_finish_one(self, slot: int) -> None:
-        """``_set_finish`` for one flow, in scalars (the per-message hot path)."""
-        rate, rem, ref = float(self._rate[slot]), float(self._rem[slot]), float(self._ref[slot])
+    def _set_finish_one(self, slot: int, rate: float, rem: float, ref: float) -> None:
+        """``_set_finish`` for one flow, from the scalars just stored in its slot (hot path)."""
         if rem <= 0 or rate == math.inf:
             finish = ref  # empty messages and infinite rates finish at once
         elif rate > 0:
@@ -344,16 +344,18 @@ class FlowNetwork:
         if self._first is not None:
             self._first = min(self._first, finish)
 
-    def _load(self, slot: int, msg_id: int) -> None:
-        """Put a message at the head of the flow in ``slot``, starting now."""
+    def _load(self, slot: int, msg_id: int) -> float:
+        """Put a message at the head of the flow in ``slot``, starting now; its size."""
         msg = self._msgs[msg_id]
         msg.slot = slot
+        size = float(msg.nbytes)
         self._slot_msg[slot] = msg_id
-        self._size[slot] = msg.nbytes
-        self._rem[slot] = msg.nbytes
+        self._size[slot] = size
+        self._rem[slot] = size
         self._ref[slot] = self.now
         self._start_seq[slot] = self._seq
         self._seq += 1
+        return size
 
     def _start(self, msg_id: int) -> None:
         """A connection becomes busy: a new flow, so the allocation changes."""
@@ -368,39 +370,40 @@ class FlowNetwork:
         n = self.n
         res = (src, n + dst, *(2 * n + k for k in route)) if route else (src, n + dst)
         self._slot_res[slot] = res
-        self._load(slot, msg_id)
-        self._rate[slot] = 0.0
+        size = self._load(slot, msg_id)
         self._dirty = True
+        rate = 0.0
         if self.rate_update_s > 0:
             # scalar arithmetic on Python floats: the same IEEE operations as on NumPy scalars
             caps, used = self._cap_list, self._used
             rate = max(min(caps[r] - used[r] for r in res), 0.0)
-            self._rate[slot] = rate
             if math.isfinite(rate):
                 for r in res:
                     used[r] += rate
-        self._set_finish_one(slot)
+        self._rate[slot] = rate
+        self._set_finish_one(slot, rate, size, self.now)
 
-    def _complete(self, slot: int) -> None:
+    def _complete(self, slot: int, msg_id: int) -> None:
         # book the full size, so node counters add up to exactly the message sizes
-        self._done_sent[self._src[slot]] += self._size[slot]
-        self._done_recv[self._dst[slot]] += self._size[slot]
-        self._finish_slot(slot)
+        msg = self._msgs[msg_id]
+        size = float(msg.nbytes)  # == _size[slot]
+        self._done_sent[msg.src] += size
+        self._done_recv[msg.dst] += size
+        self._finish_slot(slot, msg_id)
 
-    def _finish_slot(self, slot: int) -> None:
+    def _finish_slot(self, slot: int, msg_id: int) -> None:
         """Remove the head message in ``slot`` and start the next one of its connection.
 
         The allocation depends only on which connections transmit, so when the connection has a
         next message it takes over the slot and the rate unchanged: no recomputation needed.
         """
-        msg_id = int(self._slot_msg[slot])
         msg = self._msgs.pop(msg_id)
         del self._by_src[msg.src][msg_id]
         queue = self._queues[(msg.src, msg.dst)]
         queue.popleft()
         if queue:
-            self._load(slot, queue[0])
-            self._set_finish_one(slot)
+            size = self._load(slot, queue[0])
+            self._set_finish_one(slot, float(self._rate[slot]), size, self.now)
             return
         del self._queues[(msg.src, msg.dst)]
         self._slot_msg[slot] = -1
