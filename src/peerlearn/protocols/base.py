@@ -158,7 +158,7 @@ class Protocol(ABC):
                 actions = self.on_timer(event.tag)
             case _:
                 raise TypeError(f"unknown event {event!r}")
-        if any(isinstance(a, Finish) for a in actions):
+        if actions and any(isinstance(a, Finish) for a in actions):
             self.finished = True
         return actions
 

@@ -72,6 +72,18 @@ def fragment_partition(
     return _partition_cached(tuple(int(s) for s in sizes), int(n_fragments), int(seed))
 
 
+def numpy_view(t: torch.Tensor) -> np.ndarray | None:
+    """A NumPy array sharing a float32 CPU tensor's memory, or None (other devices or dtypes).
+
+    Fragments are small slices (hundreds to thousands of values), on which a NumPy gather, add
+    or divide costs a fraction of the torch dispatch overhead; float32 arithmetic is IEEE in
+    both, so results are bit for bit the same.
+    """
+    if t.device.type != "cpu" or t.dtype != torch.float32 or t.requires_grad:
+        return None
+    return t.numpy()
+
+
 def layout_sizes(ctx: NodeContext) -> tuple[int, ...]:
     """Tensor sizes of the node's model; one tensor when no layout is given (hand-made contexts)."""
     if ctx.layout is not None:
@@ -124,6 +136,7 @@ class FragmentGossip(Protocol):
         self.fanout = effective_fanout(params.fanout, ctx.n_nodes)
         self.fragments = fragment_partition(layout_sizes(ctx), self.n_fragments, ctx.run_seed)
         self.frag_len = [len(f) for f in self.fragments]
+        self._frag_np = [f.numpy() for f in self.fragments]  # the same indices, for NumPy views
         # (sender, fragment) -> (iteration tag, values)
         self.inbox: dict[tuple[int, int], tuple[int, torch.Tensor]] = {}
         self.received = 0  # arrivals since the last aggregation, replacements included
@@ -174,10 +187,13 @@ class FragmentGossip(Protocol):
     def _send_fragments(self) -> list[Action]:
         """Snapshot each fragment once; each goes to a fresh sample of r peers; random order."""
         x = self.ctx.model
+        xn = numpy_view(x)
         rng = self.ctx.rng
         pairs: list[tuple[int, FragmentPayload]] = []
         for k, idx in enumerate(self.fragments):
-            payload = FragmentPayload(k, x[idx])  # advanced indexing copies: a snapshot
+            # advanced indexing copies: a snapshot
+            values = x[idx] if xn is None else torch.from_numpy(xn[self._frag_np[k]])
+            payload = FragmentPayload(k, values)
             for j in sample_peers(rng, self.ctx.n_nodes, self.ctx.node, self.fanout):
                 pairs.append((int(j), payload))
         return [
@@ -200,16 +216,28 @@ class FragmentGossip(Protocol):
                 by_fragment[k].append(values)
                 ages.append(self.iteration - tag)
             x = self.ctx.model
+            xn = numpy_view(x)
             for k in sorted(by_fragment):
-                idx = self.fragments[k]
                 copies = by_fragment[k]
-                acc = x[idx]  # a copy (advanced indexing)
-                for v in copies:
-                    acc += v
-                x[idx] = acc / (1 + len(copies))
+                views = [numpy_view(v) for v in copies] if xn is not None else None
+                if views is not None and all(v is not None for v in views):
+                    _average_into(xn, self._frag_np[k], views)
+                else:
+                    _average_into(x, self.fragments[k], copies)
             records.append(Record("aggregation_age_mean", float(np.mean(ages))))
             records.append(Record("copies_used", float(len(ages))))
         self.inbox.clear()
         self.received = 0
         self.stale_ignored = 0
         return records
+
+
+def _average_into(x: Any, idx: Any, copies: list) -> None:
+    """``x[idx] = (x[idx] + sum(copies)) / (1 + len(copies))``, summed in order.
+
+    For NumPy arrays or torch tensors alike (the same float32 operations in the same order).
+    """
+    acc = x[idx]  # a copy (advanced indexing)
+    for v in copies:
+        acc += v
+    x[idx] = acc / (1 + len(copies))

@@ -13,6 +13,7 @@ completion (which moves whenever rates are recomputed, so it is asked for, not q
 
 from __future__ import annotations
 
+import gc
 import math
 import time as wallclock
 from collections.abc import Callable
@@ -115,9 +116,13 @@ class Simulator:
                 )
             )
         self.jobs: dict[int, _Job] = {}
-        self.messages: dict[int, Message] = {}
+        # pending message id -> (message, nbytes, data bytes, meta bytes), sized once at the send
+        self.messages: dict[int, tuple[Message, int, int, int]] = {}
         self._next_msg_id = 0
         self.counters = ByteCounters(self.n)
+        # Delivered bytes per node (delivered, data, meta, received) as Python ints, added to
+        # ``counters`` before anything reads them: integer sums, so the totals are exact either way.
+        self._delivered_bytes = [[0] * self.n for _ in range(4)]
         self.finished = 0  # nodes that emitted Finish
         self.messages_delivered = 0
         self.messages_dropped = 0
@@ -135,32 +140,19 @@ class Simulator:
         self.queue.push(0.0, (_EVAL, None))
         for i in range(self.n):
             self.queue.push(0.0, (_NODE, i, Started()))
-        while True:
-            if self.finished == self.n:  # checked every event: a counter, not a scan
-                end = self.now
-                break
-            t_event = self.queue.peek_time()
-            t_net = self.net.next_completion_time()
-            t_next = min(t_event, t_net)
-            if t_next > self.stop_time:
-                end = self.stop_time
-                break
-            if math.isinf(t_next):  # nothing can happen any more
-                end = self.now
-                break
-            if t_net <= t_event:
-                self._transmissions_done(self.net.advance_to(t_net))
-                self.now = t_net
-            else:
-                time, item = self.queue.pop()
-                # flows within float rounding of their end may complete here: deliver them too
-                self._transmissions_done(self.net.advance_to(time))
-                self.now = time
-                self._dispatch(item)
+        # The loop allocates millions of short-lived objects, each freed by reference counting,
+        # which keeps triggering the cyclic collector; freezing what exists now (datasets, models,
+        # the setup) spares every collection a walk over it. Results do not depend on it.
+        gc.freeze()
+        try:
+            end = self._loop()
+        finally:
+            gc.unfreeze()
         self._transmissions_done(self.net.advance_to(end))  # counted as sent, not delivered
         self.now = end
         if self.last_eval_time < end:
             self._evaluate()
+        self._flush_delivered_bytes()
         return RunResult(
             virtual_time_s=end,
             wall_time_s=wallclock.perf_counter() - t0,
@@ -177,33 +169,56 @@ class Simulator:
             message_log=self.message_log,
         )
 
+    def _loop(self) -> float:
+        """Process events and transmissions until all nodes finish or time runs out; the end."""
+        net, queue = self.net, self.queue
+        while True:
+            if self.finished == self.n:  # checked every event: a counter, not a scan
+                return self.now
+            t_event = queue.peek_time()
+            t_net = net.next_completion_time()
+            t_next = min(t_event, t_net)
+            if t_next > self.stop_time:
+                return self.stop_time
+            if math.isinf(t_next):  # nothing can happen any more
+                return self.now
+            if t_net <= t_event:
+                self._transmissions_done(net.advance_to(t_net))
+                self.now = t_net
+            else:
+                time, item = queue.pop()
+                # nothing finishes and no rate update is due before t_net > time
+                net.skip_to(time)
+                self.now = time
+                self._dispatch(item)
+
     # -----------------------------------------------------------------------------------------
     def _transmissions_done(self, completed: list[tuple[int, float]]) -> None:
         """Schedule the delivery of messages whose last byte has left, latency later."""
         for msg_id, finish in completed:
-            msg = self.messages[msg_id]
+            msg = self.messages[msg_id][0]
             self.queue.push(finish + self.net.latency(msg.src, msg.dst), (_DELIVER, msg_id))
 
     def _dispatch(self, item: tuple) -> None:
         kind = item[0]
-        if kind == _NODE:
+        if kind == _DELIVER:  # the most frequent event
+            msg, nbytes, data, meta = self.messages.pop(item[1])
+            delivered, data_b, meta_b, received = self._delivered_bytes
+            delivered[msg.src] += nbytes
+            data_b[msg.src] += data
+            meta_b[msg.src] += meta
+            received[msg.dst] += nbytes
+            self.messages_delivered += 1
+            if self.message_log is not None:
+                self.message_log.append(
+                    (msg.src, msg.dst, msg.kind, msg.iteration, nbytes, msg.sent_at, self.now)
+                )
+            self._feed(msg.dst, MessageArrived(msg))
+        elif kind == _NODE:
             _, node, event = item
             if isinstance(event, TrainingDone):
                 self._finish_training(node)
             self._feed(node, event)
-        elif kind == _DELIVER:
-            msg = self.messages.pop(item[1])
-            c = self.counters
-            c.delivered[msg.src] += msg.nbytes
-            c.data[msg.src] += msg.data_bytes
-            c.meta[msg.src] += msg.meta_bytes
-            c.received[msg.dst] += msg.nbytes
-            self.messages_delivered += 1
-            if self.message_log is not None:
-                self.message_log.append(
-                    (msg.src, msg.dst, msg.kind, msg.iteration, msg.nbytes, msg.sent_at, self.now)
-                )
-            self._feed(msg.dst, MessageArrived(msg))
         elif kind == _EVAL:
             self._evaluate()
             nxt = self.now + self.cfg.eval.every_s
@@ -215,7 +230,31 @@ class Simulator:
         if proto.finished:
             return
         for action in proto.handle(event):
-            self._act(node, proto, action)
+            if type(action) is Send:  # most actions are sends: no pattern matching for them
+                self._send(node, action)
+            else:
+                self._act(node, proto, action)
+
+    def _send(self, node: int, action: Send) -> None:
+        dest = action.dest
+        if dest == node or not 0 <= dest < self.n:
+            raise ValueError(f"node {node} sends to invalid destination {dest}")
+        msg_id = self._next_msg_id
+        self._next_msg_id += 1
+        msg = Message(node, dest, action.kind, action.iteration, action.payload, id=msg_id)
+        msg.sent_at = self.now
+        nbytes = msg.nbytes
+        self.messages[msg_id] = (msg, nbytes, msg.data_bytes, msg.meta_bytes)
+        self.net.enqueue(msg_id, node, dest, nbytes)
+
+    def _flush_delivered_bytes(self) -> None:
+        """Add the delivered bytes counted since the last flush to ``counters``."""
+        c = self.counters
+        for total, pending in zip(
+            (c.delivered, c.data, c.meta, c.received), self._delivered_bytes, strict=True
+        ):
+            total += np.array(pending, dtype=np.float64)
+            pending[:] = [0] * self.n
 
     def _act(self, node: int, proto: Protocol, action) -> None:
         match action:
@@ -230,20 +269,14 @@ class Simulator:
                     self.cfg.compute.step_time_s, self.setup.compute_factors[node], steps
                 )
                 self.queue.push(done, (_NODE, node, TrainingDone(steps)))
-            case Send(dest=dest, kind=kind, iteration=iteration, payload=payload):
-                if dest == node or not 0 <= dest < self.n:
-                    raise ValueError(f"node {node} sends to invalid destination {dest}")
-                msg = Message(node, dest, kind, iteration, payload, id=self._next_msg_id)
-                msg.sent_at = self.now
-                self._next_msg_id += 1
-                self.messages[msg.id] = msg
-                self.net.enqueue(msg.id, node, dest, msg.nbytes)
+            case Send():
+                self._send(node, action)
             case DropPending(before_iteration=before):
                 recall = self.cfg.network.recall_in_flight
                 ids = [
                     m
                     for m in self.net.pending(node)
-                    if (before is None or self.messages[m].iteration < before)
+                    if (before is None or self.messages[m][0].iteration < before)
                     and (recall or not self.net.transmitting(m))
                 ]
                 for msg_id, sent in self.net.cancel(ids).items():
@@ -286,6 +319,7 @@ class Simulator:
             )
 
     def _evaluate(self) -> None:
+        self._flush_delivered_bytes()
         t0 = wallclock.perf_counter()
         setup = self.setup
         nodes = setup.eval_nodes

@@ -118,9 +118,12 @@ class FlowNetwork:
         if not np.all(np.isfinite(lat) & (lat >= 0)):
             raise ValueError("latency_s must be finite and >= 0")
         self.n = n
-        self._latency = lat
+        # one delay for every pair, or rows of Python floats (looked up once per message)
+        self._latency_all: float | None = float(lat) if lat.ndim == 0 else None
+        self._latency_rows: list[list[float]] = lat.tolist() if lat.ndim == 2 else []
         # Resources: uplink i -> i, downlink j -> n + j, shared link k -> 2n + k.
         self._caps = np.concatenate([up, down, link_caps])
+        self._cap_list: list[float] = self._caps.tolist()  # for scalar use on the hot path
         self._n_links = len(link_caps)
         self._route_fn = route
         self._routes: dict[tuple[int, int], tuple[int, ...]] = {}
@@ -130,8 +133,9 @@ class FlowNetwork:
         self._by_src: dict[int, dict[int, None]] = {}  # pending ids per sender, in order
         self._queues: dict[tuple[int, int], deque[int]] = {}
         # bytes of finished messages and of the transmitted part of cancelled ones
-        self._done_sent = np.zeros(n)
-        self._done_recv = np.zeros(n)
+        # (Python floats: added to once per message)
+        self._done_sent = [0.0] * n
+        self._done_recv = [0.0] * n
         # Transmitting flows live in slots of parallel arrays; freed slots are reused
         # (deterministically, last freed first). Free slots have finish = inf.
         self._slot_msg = np.full(0, -1, dtype=np.int64)
@@ -146,6 +150,7 @@ class FlowNetwork:
         self._first: float | None = math.inf
         self._start_seq = np.zeros(0, dtype=np.int64)  # orders completions that tie in time
         self._slot_route: list[tuple[int, ...]] = []
+        self._slot_res: list[tuple[int, ...]] = []  # resources crossed: up, down, shared links
         self._free: list[int] = []
         self._seq = 0
         self._dirty = False  # the set of connections changed: rates must be recomputed
@@ -153,14 +158,17 @@ class FlowNetwork:
         # ``rate_update_s``; in between, a new connection takes what is left on its path.
         self.rate_update_s = float(rate_update_s)
         self._last_update = -math.inf
-        self._used = np.zeros(len(self._caps))  # sum of current rates per resource
+        # sum of current rates per resource (bounded mode), Python floats for the scalar hot path
+        self._used: list[float] = [0.0] * len(self._cap_list)
         self.recomputations = 0
 
     # -- queries ---------------------------------------------------------------------------------
 
     def latency(self, src: int, dst: int) -> float:
         """Propagation delay added by the engine after a message's last byte is sent."""
-        return float(self._latency if self._latency.ndim == 0 else self._latency[src, dst])
+        if self._latency_all is not None:
+            return self._latency_all
+        return self._latency_rows[src][dst]
 
     def rate(self, msg_id: int) -> float:
         """Current rate in bytes/s (0 while queued); KeyError if not pending."""
@@ -182,14 +190,14 @@ class FlowNetwork:
         """Cumulative bytes transmitted by each node (including partial and cancelled)."""
         slots = self._active_slots()
         part = np.bincount(self._src[slots], self._transmitted(slots), minlength=self.n)
-        return self._done_sent + part
+        return np.array(self._done_sent) + part
 
     @property
     def received_by_node(self) -> np.ndarray:
         """Cumulative bytes that crossed each node's downlink."""
         slots = self._active_slots()
         part = np.bincount(self._dst[slots], self._transmitted(slots), minlength=self.n)
-        return self._done_recv + part
+        return np.array(self._done_recv) + part
 
     def pending(self, src: int | None = None) -> list[int]:
         """Ids of queued or transmitting messages (of ``src`` if given), in enqueue order."""
@@ -217,11 +225,25 @@ class FlowNetwork:
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, got {nbytes}")
         self._msgs[msg_id] = _Msg(src, dst, nbytes)
-        self._by_src.setdefault(src, {})[msg_id] = None
-        queue = self._queues.setdefault((src, dst), deque())
-        queue.append(msg_id)
-        if len(queue) == 1:
+        by_src = self._by_src.get(src)
+        if by_src is None:
+            by_src = self._by_src[src] = {}
+        by_src[msg_id] = None
+        queue = self._queues.get((src, dst))
+        if queue is None:  # the connection is idle: the message starts at once
+            self._queues[(src, dst)] = deque((msg_id,))
             self._start(msg_id)
+        else:
+            queue.append(msg_id)
+
+    def skip_to(self, t: float) -> None:
+        """Move the clock to ``t``, when nothing can happen before it.
+
+        The caller guarantees ``now <= t < next_completion_time()`` with no change since that
+        query: no flow finishes and no rate update is due by ``t``, so this is ``advance_to(t)``
+        (which would return nothing) without its checks.
+        """
+        self.now = t
 
     def advance_to(self, t: float) -> list[tuple[int, float]]:
         """Transmit from ``now`` to ``t``; return the messages finished by ``t`` as (id, time)."""
@@ -239,9 +261,9 @@ class FlowNetwork:
                 break
             self.now = max(self.now, first)
             finished = np.flatnonzero(self._finish <= first)
-            for slot in finished[np.argsort(self._start_seq[finished], kind="stable")]:
+            for slot in finished[np.argsort(self._start_seq[finished], kind="stable")].tolist():
                 msg_id = int(self._slot_msg[slot])
-                self._complete(int(slot))
+                self._complete(slot, msg_id)
                 done.append((msg_id, self.now))
         self.now = t
         return done
@@ -267,7 +289,7 @@ class FlowNetwork:
                 self._done_sent[msg.src] += sent
                 self._done_recv[msg.dst] += sent
                 out[msg_id] = sent
-                self._finish_slot(msg.slot)
+                self._finish_slot(msg.slot, msg_id)
         return out
 
     # -- internals -------------------------------------------------------------------------------
@@ -305,91 +327,87 @@ class FlowNetwork:
             self._routes[key] = links
         return self._routes[key]
 
-    def _resources(self, slot: int) -> list[int]:
-        """Resource ids crossed by the flow in ``slot``: uplink, downlink, shared links."""
-        n = self.n
-        res = [int(self._src[slot]), n + int(self._dst[slot])]
-        route = self._slot_route[slot]
-        return res + [2 * n + k for k in route] if route else res
-
     def _first_finish(self) -> float:
         """The earliest finishing time of any flow, rescanned only when it may have gone up."""
         if self._first is None:
             self._first = float(self._finish.min()) if len(self._finish) else math.inf
         return self._first
 
-    def _set_finish_one(self, slot: int) -> None:
-        """``_set_finish`` for one flow, in scalars (the per-message hot path)."""
-        rate, rem, ref = float(self._rate[slot]), float(self._rem[slot]), float(self._ref[slot])
+    def _set_finish_one(self, slot: int, rate: float, rem: float, ref: float) -> None:
+        """``_set_finish`` for one flow, from the scalars just stored in its slot (hot path)."""
         if rem <= 0 or rate == math.inf:
             finish = ref  # empty messages and infinite rates finish at once
         elif rate > 0:
             finish = ref + rem / rate
         else:
             finish = math.inf
-        if (
-            self._first is not None
-            and finish >= self._finish[slot]
-            and self._finish[slot] <= (self._first)
-        ):
+        old = self._finish[slot]
+        if self._first is not None and finish >= old and old <= self._first:
             self._first = None  # the slot may have held the minimum and its time went up
         self._finish[slot] = finish
         if self._first is not None:
             self._first = min(self._first, finish)
 
-    def _load(self, slot: int, msg_id: int) -> None:
-        """Put a message at the head of the flow in ``slot``, starting now."""
+    def _load(self, slot: int, msg_id: int) -> float:
+        """Put a message at the head of the flow in ``slot``, starting now; its size."""
         msg = self._msgs[msg_id]
         msg.slot = slot
+        size = float(msg.nbytes)
         self._slot_msg[slot] = msg_id
-        self._size[slot] = msg.nbytes
-        self._rem[slot] = msg.nbytes
+        self._size[slot] = size
+        self._rem[slot] = size
         self._ref[slot] = self.now
         self._start_seq[slot] = self._seq
         self._seq += 1
+        return size
 
     def _start(self, msg_id: int) -> None:
         """A connection becomes busy: a new flow, so the allocation changes."""
         msg = self._msgs[msg_id]
-        route = self._route(msg.src, msg.dst)
+        src, dst = msg.src, msg.dst
+        route = self._route(src, dst)
         if not self._free:
             self._grow()
         slot = self._free.pop()
-        self._src[slot], self._dst[slot] = msg.src, msg.dst
+        self._src[slot], self._dst[slot] = src, dst
         self._slot_route[slot] = route
-        self._load(slot, msg_id)
-        self._rate[slot] = 0.0
+        n = self.n
+        res = (src, n + dst, *(2 * n + k for k in route)) if route else (src, n + dst)
+        self._slot_res[slot] = res
+        size = self._load(slot, msg_id)
         self._dirty = True
+        rate = 0.0
         if self.rate_update_s > 0:
-            caps, used = self._caps, self._used
-            res = self._resources(slot)
-            rate = max(min(float(caps[r] - used[r]) for r in res), 0.0)
-            self._rate[slot] = rate
+            # scalar arithmetic on Python floats: the same IEEE operations as on NumPy scalars
+            caps, used = self._cap_list, self._used
+            rate = max(min(caps[r] - used[r] for r in res), 0.0)
             if math.isfinite(rate):
                 for r in res:
                     used[r] += rate
-        self._set_finish_one(slot)
+        self._rate[slot] = rate
+        self._set_finish_one(slot, rate, size, self.now)
 
-    def _complete(self, slot: int) -> None:
+    def _complete(self, slot: int, msg_id: int) -> None:
         # book the full size, so node counters add up to exactly the message sizes
-        self._done_sent[self._src[slot]] += self._size[slot]
-        self._done_recv[self._dst[slot]] += self._size[slot]
-        self._finish_slot(slot)
+        msg = self._msgs[msg_id]
+        size = float(msg.nbytes)  # == _size[slot]
+        self._done_sent[msg.src] += size
+        self._done_recv[msg.dst] += size
+        self._finish_slot(slot, msg_id)
 
-    def _finish_slot(self, slot: int) -> None:
+    def _finish_slot(self, slot: int, msg_id: int) -> None:
         """Remove the head message in ``slot`` and start the next one of its connection.
 
         The allocation depends only on which connections transmit, so when the connection has a
         next message it takes over the slot and the rate unchanged: no recomputation needed.
         """
-        msg_id = int(self._slot_msg[slot])
         msg = self._msgs.pop(msg_id)
         del self._by_src[msg.src][msg_id]
         queue = self._queues[(msg.src, msg.dst)]
         queue.popleft()
         if queue:
-            self._load(slot, queue[0])
-            self._set_finish_one(slot)
+            size = self._load(slot, queue[0])
+            self._set_finish_one(slot, float(self._rate[slot]), size, self.now)
             return
         del self._queues[(msg.src, msg.dst)]
         self._slot_msg[slot] = -1
@@ -400,8 +418,9 @@ class FlowNetwork:
         self._dirty = True
         rate = float(self._rate[slot])
         if self.rate_update_s > 0 and math.isfinite(rate):
-            for r in self._resources(slot):
-                self._used[r] -= rate  # the freed share idles until the next update
+            used = self._used
+            for r in self._slot_res[slot]:
+                used[r] -= rate  # the freed share idles until the next update
         self._rate[slot] = 0.0
 
     def _grow(self) -> None:
@@ -418,6 +437,7 @@ class FlowNetwork:
         self._rate, self._finish = ext(self._rate, 0), ext(self._finish, np.inf)
         self._start_seq = ext(self._start_seq, 0)
         self._slot_route.extend([()] * pad)
+        self._slot_res.extend([()] * pad)
         self._free.extend(range(new - 1, old - 1, -1))  # pop() hands out low slots first
 
     def _next_update(self) -> float:
@@ -435,7 +455,7 @@ class FlowNetwork:
         self._dirty = False
         self._last_update = self.now
         slots = self._active_slots()
-        self._used[:] = 0.0
+        self._used = [0.0] * len(self._cap_list)
         if len(slots) == 0:
             return
         self.recomputations += 1
@@ -462,4 +482,5 @@ class FlowNetwork:
         if self.rate_update_s > 0:
             w = rates[e_flow]
             fin = np.isfinite(w)
-            self._used = np.bincount(e_res[fin], weights=w[fin], minlength=len(self._caps))
+            used = np.bincount(e_res[fin], weights=w[fin], minlength=len(self._caps))
+            self._used = used.tolist()
