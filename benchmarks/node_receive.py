@@ -211,23 +211,6 @@ def _free_port_base(n: int) -> int:
     raise RuntimeError("no free ports")
 
 
-async def _yielding_receiver(self) -> None:
-    """``NodeRuntime._receiver`` plus one ``asyncio.sleep(0)`` per message (``--receiver yield``).
-
-    pyzmq resolves ``recv_multipart`` at once when a message is already queued, and awaiting a
-    finished future does not return to the event loop: while frames keep arriving, the node's
-    receive loop never lets the loop run its other callbacks (training done, timers, watchdog).
-    Yielding once per message is the smallest change that lets the node train under load.
-    """
-    import asyncio
-
-    assert self.router is not None
-    while True:
-        frames = await self.router.recv_multipart(copy=False)
-        self.handle_frames(frames)
-        await asyncio.sleep(0)
-
-
 def measure_node(
     hidden: list[int],
     n_senders: int,
@@ -235,12 +218,11 @@ def measure_node(
     fragments: int,
     warmup_s: float,
     secs: float,
-    receiver: str,
 ) -> tuple[dict, dict[int, list[bytes]]]:
     """The real node under fire; returns its row and the frames (reused by the baseline).
 
-    The window is timed from a thread, not from the event loop: with the node's own receiver the
-    loop may not run anything but the receive loop until the senders stop.
+    The window is timed from a thread, not from the event loop, so that a receive loop that
+    starved the event loop (as it did before it yielded after each frame) could not hide it.
     """
     import asyncio
     import tempfile
@@ -258,13 +240,10 @@ def measure_node(
     setup = build_setup(cfg)
     tmp = tempfile.TemporaryDirectory(prefix="node-receive-")
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
-    runtime_cls = NodeRuntime
-    if receiver == "yield":
-        runtime_cls = type("YieldingNodeRuntime", (NodeRuntime,), {"_receiver": _yielding_receiver})
 
     async def scenario() -> tuple[dict, dict[int, list[bytes]]]:
         ctx = zmq.asyncio.Context()
-        rt = runtime_cls(
+        rt = NodeRuntime(
             setup,
             0,
             ctx=ctx,
@@ -317,7 +296,6 @@ def measure_node(
             wall = b[0] - a[0]
             aggs = b[5] - a[5]
             row = {
-                "receiver": receiver,
                 "hidden": hidden,
                 "numel": rt.numel,
                 "fragment_bytes": sum(len(f) for f in frames[1]) / len(frames[1]),
@@ -405,23 +383,13 @@ def main() -> None:
     p.add_argument("--fragments", type=int, default=10, help="DivShare's Ω")
     p.add_argument("--seconds", type=float, default=8.0, help="measured window")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds before the window")
-    p.add_argument(
-        "--receiver",
-        nargs="+",
-        choices=["node", "yield"],
-        default=None,
-        help="node: NodeRuntime as it is; yield: its receive loop yields once per message "
-        "(default both; --quick: yield)",
-    )
     p.add_argument("--no-raw", action="store_true", help="skip the plain-ROUTER baseline")
     p.add_argument("--quick", action="store_true", help="CI-sized: one tiny case, 0.7 s")
     p.add_argument("--json", type=str, default=None)
     args = p.parse_args()
     if args.quick:
         args.hidden, args.senders, args.ids_per_sender = ["16"], [1], 2
-        args.receiver = args.receiver or ["yield"]
         args.seconds, args.warmup = 0.7, 0.3
-    args.receiver = args.receiver or ["node", "yield"]
     import torch
 
     torch.set_num_threads(1)
@@ -429,24 +397,14 @@ def main() -> None:
     for h in args.hidden:
         hidden = [int(x) for x in h.split(",")]
         for s in args.senders:
-            raw = None
-            for receiver in args.receiver:
-                row, frames = measure_node(
-                    hidden,
-                    s,
-                    args.ids_per_sender,
-                    args.fragments,
-                    args.warmup,
-                    args.seconds,
-                    receiver,
-                )
-                if not args.no_raw:
-                    if raw is None:  # once per case, shared by both receivers
-                        raw = measure_raw(frames, s, args.warmup, args.seconds)
-                    row.update(raw)
-                    row["node_over_raw"] = row["node_msgs_per_s"] / row["raw_msgs_per_s"]
-                rows.append(row)
-                _print_row(row, header=len(rows) == 1)
+            row, frames = measure_node(
+                hidden, s, args.ids_per_sender, args.fragments, args.warmup, args.seconds
+            )
+            if not args.no_raw:
+                row.update(measure_raw(frames, s, args.warmup, args.seconds))
+                row["node_over_raw"] = row["node_msgs_per_s"] / row["raw_msgs_per_s"]
+            rows.append(row)
+            _print_row(row, header=len(rows) == 1)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
@@ -457,7 +415,7 @@ def main() -> None:
 def _print_row(r: dict, *, header: bool) -> None:
     if header:
         print(
-            f"{'receiver':>8} {'hidden':>10} {'frag KB':>8} {'S':>2} {'raw msg/s':>10}"
+            f"{'hidden':>10} {'frag KB':>8} {'S':>2} {'raw msg/s':>10}"
             f" {'raw MB/s':>9} {'node msg/s':>10} {'node MB/s':>9} {'node/raw':>8} {'rej':>4}"
             f" {'iters':>6} {'copies/agg':>10} {'node cpu':>8}"
         )
@@ -469,7 +427,7 @@ def _print_row(r: dict, *, header: bool) -> None:
     )
     ratio = f"{r['node_over_raw']:>8.0%}" if "node_over_raw" in r else f"{'-':>8}"
     print(
-        f"{r['receiver']:>8} {hidden:>10} {r['fragment_bytes'] / 1e3:>8.1f} {r['senders']:>2} {raw}"
+        f"{hidden:>10} {r['fragment_bytes'] / 1e3:>8.1f} {r['senders']:>2} {raw}"
         f" {r['node_msgs_per_s']:>10.0f} {r['node_MB_per_s']:>9.1f} {ratio} {r['rejected']:>4}"
         f" {r['iterations']:>6} {r['copies_per_aggregation']:>10.1f} {r['node_cpu']:>8.0%}",
         flush=True,

@@ -215,7 +215,11 @@ def merge_run(
     summary["deploy"] = {
         "run_wall_s": end,
         "launcher_wall_s": launcher_wall_s,
-        "nodes_failed": sorted(set(range(n)) - set(stats)),
+        # no results (killed, crashed before writing) or stopped by an error
+        "nodes_failed": sorted(
+            (set(range(n)) - set(stats))
+            | {i for i, s in stats.items() if s["stop_reason"] == "error"}
+        ),
         "stop_reasons": dict(reasons),
         "nodes_stalled": sorted(i for i, s in stats.items() if s["stop_reason"] == "stalled"),
         "messages_sent": sum(s["messages_sent"] for s in stats.values()),

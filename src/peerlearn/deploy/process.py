@@ -119,6 +119,23 @@ async def _wait_start(start_at: float | None, sync_dir: Path | None, ids: list[i
     return start_at
 
 
+def _size_for_sockets(ctx: zmq.Context, sockets: int) -> None:
+    """Room for every node's ROUTER and a DEALER per peer: ZeroMQ allows 1023 sockets per
+    context by default, and each connection also takes file descriptors (raised to the hard
+    limit where the soft one is lower than needed)."""
+    ctx.set(zmq.MAX_SOCKETS, max(ctx.get(zmq.MAX_SOCKETS), sockets + 64))
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = 3 * sockets + 256  # a socket's mailbox, its connection, the peer's accepted one
+        if soft != resource.RLIM_INFINITY and soft < want:
+            new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    except (ImportError, ValueError, OSError):
+        pass  # not Unix, or not allowed: ZeroMQ reports "Too many open files" if it matters
+
+
 async def _run(
     cfg: ExperimentConfig,
     ids: list[int],
@@ -130,6 +147,7 @@ async def _run(
 ) -> list[NodeStats]:
     setup = build_setup(cfg)
     ctx = zmq.asyncio.Context()
+    _size_for_sockets(ctx, len(ids) * (cfg.nodes + 1))
     auth = None
     keys_dir = Path(cfg.deploy.keys_dir) if cfg.deploy.keys_dir else None
     if keys_dir is not None:
