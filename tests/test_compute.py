@@ -232,6 +232,20 @@ def test_evaluator_local_test_sets(name):
         assert (got["acc"] > 0).any()  # the exact-match metric is exercised
 
 
+def test_evaluator_default_chunk_follows_the_work_per_sample():
+    # on a CPU: heavy convolutions one node per call, tiny MLPs many; the numbers do not change
+    conv, x, y = make_problem("gn_lenet", n=20, seed=6)
+    mlp, *_ = make_problem("mlp", n=20, seed=6)
+    assert BatchedEvaluator(conv, x, y).node_chunk == 1
+    assert BatchedEvaluator(mlp, *make_problem("mlp", n=20, seed=6)[1:]).node_chunk == 16
+    assert BatchedEvaluator(conv, x, y, device="meta").node_chunk == 16  # not a CPU
+    params = node_params(conv, 5, 0.05)
+    one = BatchedEvaluator(conv, x, y).evaluate(params)
+    many = BatchedEvaluator(conv, x, y, node_chunk=5).evaluate(params)
+    for key in one:
+        assert torch.allclose(one[key], many[key], rtol=1e-5, atol=1e-6)
+
+
 def test_training_works_inside_no_grad_and_inference_mode():
     # The simulator may call the trainer from inside an evaluation/no-grad region.
     spec, x, y = make_problem("mlp")
