@@ -137,16 +137,13 @@ def plots(prefix: str, runs: dict[str, tuple[dict, list[dict]]]) -> None:
                         label=f"{name} {'sim' if r is sim else 'emu'}",
                     )
         ax.set_xscale("log")
-        ax.set_xlabel("transfer time (s): Send to delivery, queueing included")
-        ax.set_ylabel("fraction of delivered messages")
-        ax.set_title(label)
-        ax.grid(alpha=0.3)
-        handles, labels = ax.get_legend_handles_labels()
-        uniq = dict(zip(labels, handles, strict=True))
-        ax.legend(uniq.values(), uniq.keys(), fontsize=7)
-    fig.tight_layout()
-    fig.savefig(f"{prefix}_transfer_cdf.png", dpi=110)
-    plt.close(fig)
+        _panel(
+            ax,
+            label,
+            "transfer time (s): Send to delivery, queueing included",
+            "fraction of delivered messages",
+        )
+    _save(fig, f"{prefix}_transfer_cdf.png")
 
     # accuracy vs time, mean ± std over nodes
     fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.2), squeeze=False)
@@ -160,14 +157,13 @@ def plots(prefix: str, runs: dict[str, tuple[dict, list[dict]]]) -> None:
             name = "simulated" if k == 0 else f"emulated #{k}"
             ax.plot(t, m, "-" if k == 0 else "--", label=name)
             ax.fill_between(t, m - s, m + s, alpha=0.15)
-        ax.set_xlabel("time (s): virtual (sim) / wall since start (emulated)")
-        ax.set_ylabel("test accuracy, mean ± std over nodes")
-        ax.set_title(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(f"{prefix}_accuracy.png", dpi=110)
-    plt.close(fig)
+        _panel(
+            ax,
+            label,
+            "time (s): virtual (sim) / wall since start (emulated)",
+            "test accuracy, mean ± std over nodes",
+        )
+    _save(fig, f"{prefix}_accuracy.png")
 
     # transfer time against send time (backlogs that grow show up as rising medians)
     fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.2), squeeze=False)
@@ -184,15 +180,24 @@ def plots(prefix: str, runs: dict[str, tuple[dict, list[dict]]]) -> None:
                     x, y, style, color=f"C{ci + 2}", label=f"{name} {'sim' if r is sim else 'emu'}"
                 )
         ax.set_yscale("log")
-        ax.set_xlabel("send time (s)")
-        ax.set_ylabel("median transfer time (s), 5 s bins")
-        ax.set_title(label)
-        ax.grid(alpha=0.3)
-        handles, labels = ax.get_legend_handles_labels()
-        uniq = dict(zip(labels, handles, strict=True))
-        ax.legend(uniq.values(), uniq.keys(), fontsize=7)
+        _panel(ax, label, "send time (s)", "median transfer time (s), 5 s bins")
+    _save(fig, f"{prefix}_transfer_vs_time.png")
+
+
+def _panel(ax, title: str, xlabel: str, ylabel: str) -> None:
+    """Labels, grid, and one legend entry per label (runs of one kind share a label)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles, strict=True))
+    ax.legend(uniq.values(), uniq.keys(), fontsize=7)
+
+
+def _save(fig, path: str) -> None:
     fig.tight_layout()
-    fig.savefig(f"{prefix}_transfer_vs_time.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
