@@ -189,3 +189,37 @@ def test_hosts_file_several_nodes_per_process_and_merge(tmp_path: Path) -> None:
     assert summary["deploy"]["stop_reasons"] == {"deadline": 3}
     assert summary["deploy"]["messages_rejected"] == {}
     assert summary["final"]["test_acc_mean"] > 0.8
+
+
+def test_merge_counts_nodes_stopped_by_an_error_as_failed(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from peerlearn.deploy.node import NodeStats
+
+    cfg = _cfg(3, 4)
+    nodes_dir = tmp_path / "nodes"
+    nodes_dir.mkdir()
+    for i, reason in enumerate(("deadline", "error")):  # node 2 left nothing at all
+        stats = NodeStats(i, iterations=5, stop_reason=reason, end_s=4.0)
+        (nodes_dir / f"node-{i}.json").write_text(json.dumps(asdict(stats)))
+    summary, _ = merge_run(cfg, tmp_path)
+    assert summary["deploy"]["nodes_failed"] == [1, 2]
+    assert summary["deploy"]["stop_reasons"] == {"deadline": 1, "error": 1}
+
+
+def test_a_node_process_makes_room_for_its_sockets() -> None:
+    import resource
+
+    import zmq
+
+    from peerlearn.deploy.process import _size_for_sockets
+
+    ctx = zmq.Context()
+    try:
+        assert ctx.get(zmq.MAX_SOCKETS) == 1023  # ZeroMQ's default: too few for 16 x 256
+        _size_for_sockets(ctx, 16 * 257)
+        assert ctx.get(zmq.MAX_SOCKETS) >= 16 * 257
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        assert soft == resource.RLIM_INFINITY or soft >= min(hard, 3 * 16 * 257)
+    finally:
+        ctx.term()
