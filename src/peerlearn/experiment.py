@@ -7,13 +7,15 @@ every process that builds the same config gets the same pieces.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import networkx as nx
 import numpy as np
+import torch
 
+from peerlearn.compute.sampler import MinibatchStream
 from peerlearn.config.load import ConfigError
 from peerlearn.config.schema import ExperimentConfig
 from peerlearn.data.base import Dataset
@@ -22,6 +24,8 @@ from peerlearn.data.registry import load_dataset
 from peerlearn.models.zoo import ModelSpec, build_model
 from peerlearn.network.presets import NetworkSpec, build_network
 from peerlearn.network.topology import build_topology
+from peerlearn.protocols.base import NodeContext, Protocol
+from peerlearn.protocols.registry import protocol_class
 from peerlearn.sim.compute_model import compute_factors
 
 
@@ -39,6 +43,43 @@ class Setup:
 
     def neighbors(self, node: int) -> tuple[int, ...]:
         return tuple(sorted(self.graph.neighbors(node)))
+
+    def protocol(self, node: int, model: torch.Tensor) -> Protocol:
+        """Node ``node``'s protocol object, acting on ``model`` (its flat parameters, in place).
+
+        Every engine builds its protocols here, so a node draws the same random streams
+        (peer samples, α draws, masks) whether simulated or deployed.
+        """
+        cfg = self.cfg
+        neighbors = self.neighbors(node)
+        degree = self.graph.degree
+        ctx = NodeContext(
+            node=node,
+            n_nodes=cfg.nodes,
+            neighbors=neighbors,
+            model=model,
+            rng=np.random.default_rng([cfg.seed, node, 0x9A7]),
+            degrees={j: degree[j] for j in neighbors},
+            run_seed=cfg.seed,
+            layout=self.model.layout,
+        )
+        return protocol_class(cfg.algorithm.name)(
+            ctx,
+            cfg.algorithm,
+            local_steps=cfg.train.local_steps,
+            max_iterations=cfg.stop.iterations,
+        )
+
+    def stream(self, node: int) -> MinibatchStream:
+        """Node ``node``'s minibatches, seeded by run and node (the same in every engine)."""
+        return MinibatchStream(
+            self.partition.train[node], self.cfg.train.batch_size, self.cfg.seed, node
+        )
+
+    def test_sets(self, nodes: Sequence[int]) -> list[np.ndarray] | None:
+        """Each node's own test indices (MovieLens by user), or None: the shared test set."""
+        local = self.partition.test
+        return None if local is None else [local[i] for i in nodes]
 
 
 @contextmanager

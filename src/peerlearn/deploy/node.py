@@ -35,7 +35,6 @@ import zmq.asyncio
 
 from peerlearn.codecs.message import Message
 from peerlearn.compute.evaluator import BatchedEvaluator
-from peerlearn.compute.sampler import MinibatchStream
 from peerlearn.compute.trainer import BatchedTrainer, TrainJob
 from peerlearn.deploy.errors import DeployError
 from peerlearn.deploy.wire import (
@@ -52,7 +51,6 @@ from peerlearn.protocols.base import (
     Event,
     Finish,
     MessageArrived,
-    NodeContext,
     Record,
     Send,
     SetTimer,
@@ -61,7 +59,6 @@ from peerlearn.protocols.base import (
     Train,
     TrainingDone,
 )
-from peerlearn.protocols.registry import protocol_class
 from peerlearn.sim.compute_model import training_time
 
 log = logging.getLogger("peerlearn.deploy")
@@ -162,27 +159,8 @@ class NodeRuntime:
             if self.evaluates
             else None
         )
-        self.stream = MinibatchStream(
-            setup.partition.train[node], cfg.train.batch_size, cfg.seed, node
-        )
-        degrees = dict(setup.graph.degree())
-        neighbors = setup.neighbors(node)
-        pctx = NodeContext(
-            node=node,
-            n_nodes=self.n,
-            neighbors=neighbors,
-            model=self.model,
-            rng=np.random.default_rng([cfg.seed, node, 0x9A7]),  # as in the simulator
-            degrees={j: degrees[j] for j in neighbors},
-            run_seed=cfg.seed,
-            layout=spec.layout,
-        )
-        self.proto = protocol_class(cfg.algorithm.name)(
-            pctx,
-            cfg.algorithm,
-            local_steps=cfg.train.local_steps,
-            max_iterations=cfg.stop.iterations,
-        )
+        self.stream = setup.stream(node)
+        self.proto = setup.protocol(node, self.model)  # the simulator's seeds, see Setup
         d = cfg.deploy
         self.limits = WireLimits(
             node=node,
@@ -536,13 +514,12 @@ class NodeRuntime:
 
     async def _evaluate(self, snapshot: torch.Tensor, when: float, it: int) -> None:
         assert self.evaluator is not None
-        local = self.setup.partition.test
         t0 = time.perf_counter()
         out = await asyncio.get_running_loop().run_in_executor(
             self.executor,
             lambda: self.evaluator.evaluate(
                 snapshot.unsqueeze(0),
-                test_indices=[local[self.node]] if local is not None else None,
+                test_indices=self.setup.test_sets([self.node]),
                 subset=self.setup.eval_subset,
             ),
         )

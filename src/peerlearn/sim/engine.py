@@ -24,14 +24,12 @@ import torch
 
 from peerlearn.codecs.message import Message
 from peerlearn.compute.evaluator import BatchedEvaluator
-from peerlearn.compute.sampler import MinibatchStream
 from peerlearn.compute.trainer import BatchedTrainer, TrainJob
 from peerlearn.experiment import Setup
 from peerlearn.protocols.base import (
     DropPending,
     Finish,
     MessageArrived,
-    NodeContext,
     Protocol,
     Record,
     Send,
@@ -41,7 +39,6 @@ from peerlearn.protocols.base import (
     Train,
     TrainingDone,
 )
-from peerlearn.protocols.registry import protocol_class
 from peerlearn.results.metrics import ALL_NODES, MetricsRecorder
 from peerlearn.results.outcome import ByteCounters, RunResult
 from peerlearn.sim.compute_model import training_time
@@ -85,36 +82,12 @@ class Simulator:
         self.evaluator = BatchedEvaluator(
             spec, ds.test_x, ds.test_y, batch_size=cfg.eval.batch_size, device=torch_device
         )
-        self.streams = [
-            MinibatchStream(setup.partition.train[i], cfg.train.batch_size, cfg.seed, i)
-            for i in range(self.n)
-        ]
+        self.streams = [setup.stream(i) for i in range(self.n)]
         self.net = setup.network.to_flow_network(cfg.network.rate_update_s)
         self.queue = EventQueue()
         self.now = 0.0
         self.stop_time = cfg.stop.virtual_time_s if cfg.stop.virtual_time_s else math.inf
-        cls = protocol_class(cfg.algorithm.name)
-        degrees = dict(setup.graph.degree())
-        self.protocols: list[Protocol] = []
-        for i in range(self.n):
-            ctx = NodeContext(
-                node=i,
-                n_nodes=self.n,
-                neighbors=setup.neighbors(i),
-                model=self.models[i],
-                rng=np.random.default_rng([cfg.seed, i, 0x9A7]),
-                degrees={j: degrees[j] for j in setup.neighbors(i)},
-                run_seed=cfg.seed,
-                layout=spec.layout,
-            )
-            self.protocols.append(
-                cls(
-                    ctx,
-                    cfg.algorithm,
-                    local_steps=cfg.train.local_steps,
-                    max_iterations=cfg.stop.iterations,
-                )
-            )
+        self.protocols: list[Protocol] = [setup.protocol(i, self.models[i]) for i in range(self.n)]
         self.jobs: dict[int, _Job] = {}
         # pending message id -> (message, nbytes, data bytes, meta bytes), sized once at the send
         self.messages: dict[int, tuple[Message, int, int, int]] = {}
@@ -323,10 +296,9 @@ class Simulator:
         t0 = wallclock.perf_counter()
         setup = self.setup
         nodes = setup.eval_nodes
-        local = setup.partition.test
         out = self.evaluator.evaluate(
             self.models[torch.as_tensor(nodes)],
-            test_indices=[local[i] for i in nodes] if local is not None else None,
+            test_indices=setup.test_sets(nodes),
             subset=setup.eval_subset,
         )
         self.eval_wall += wallclock.perf_counter() - t0
