@@ -450,7 +450,7 @@ class NodeRuntime:
             s.meta_bytes += item.meta
             if self.log_messages:
                 seq = self.sent_seq[peer]
-                self.sent_seq[peer] = seq + 1
+                self.sent_seq[peer] += 1
                 self.sent_log.append(
                     (peer, seq, item.kind, item.iteration, len(item.frame), item.sent_s)
                 )
@@ -474,9 +474,8 @@ class NodeRuntime:
             identity = node_of_identity(frames[0].bytes, self.n)
             if identity is None:
                 raise WireError("unknown_identity", repr(frames[0].bytes[:16]))
-            # numbered before the checks: the sender numbered every frame it handed over
-            seq = self.recv_seq[identity]
-            self.recv_seq[identity] = seq + 1
+            if self.log_messages:  # counted before the checks, as the sender counted every frame
+                self.recv_seq[identity] += 1
             if self.keys is not None:
                 user = frames[1].get("User-Id")
                 if self.public_to_node.get(user) != identity:
@@ -489,6 +488,7 @@ class NodeRuntime:
         self.stats.bytes_received += size
         self.received_from[msg.src] += size
         if self.log_messages:
+            seq = self.recv_seq[msg.src] - 1  # msg.src is the identity: checked by decode
             self.recv_log.append((msg.src, seq, msg.iteration, size, self.now()))
         try:
             self._feed(MessageArrived(msg))
