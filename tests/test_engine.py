@@ -87,18 +87,24 @@ class _SendThenDrop(Protocol):
         return [Record("got", 1.0)]
 
 
-def test_drop_pending_cancels_queued_and_in_flight(monkeypatch) -> None:
+def _send_then_drop(monkeypatch, *extra: str) -> tuple[Simulator, object]:
+    """Two 1 MB messages over 8 Mbit/s = 1 MB/s; the drop at 0.5 s finds the first half sent
+    and the second still queued."""
     monkeypatch.setitem(registry.PROTOCOLS, "dpsgd", _SendThenDrop)
-    # 8 Mbit/s = 1 MB/s; training ends at 0.5 s: first message half sent, second still queued
     cfg = small(
         "nodes=2",
         "topology.kind=full",
         "network.mbps=8",
         "compute.step_time_s=0.5",
         "stop.virtual_time_s=5",
+        *extra,
     )
     sim = Simulator(build_setup(cfg))
-    result = sim.run()
+    return sim, sim.run()
+
+
+def test_drop_pending_cancels_queued_and_in_flight(monkeypatch) -> None:
+    sim, result = _send_then_drop(monkeypatch)
     assert result.messages_delivered == 0 and result.messages_dropped == 2
     assert not [r for r in sim.recorder.rows if r[3] == "got"]
     assert result.bytes_sent[0] == pytest.approx(0.5e6)
@@ -107,19 +113,12 @@ def test_drop_pending_cancels_queued_and_in_flight(monkeypatch) -> None:
 
 def test_drop_pending_can_leave_the_message_in_transmission(monkeypatch) -> None:
     # network.recall_in_flight = false: the half-sent message finishes, the queued one is dropped
-    monkeypatch.setitem(registry.PROTOCOLS, "dpsgd", _SendThenDrop)
-    cfg = small(
-        "nodes=2",
-        "topology.kind=full",
-        "network.mbps=8",
+    _, result = _send_then_drop(
+        monkeypatch,
         "network.latency_ms=0",
-        "compute.step_time_s=0.5",
-        "stop.virtual_time_s=5",
         "network.recall_in_flight=false",
         "eval.log_messages=true",
     )
-    sim = Simulator(build_setup(cfg))
-    result = sim.run()
     assert result.messages_delivered == 1 and result.messages_dropped == 1
     assert result.counters.wasted[0] == 0
     (row,) = result.message_log
