@@ -22,7 +22,8 @@ import numpy as np
 from peerlearn.config import load_config
 from peerlearn.experiment import network_spec
 from peerlearn.results.messages import MessageLog, read_messages_csv
-from peerlearn.results.metrics import ALL_NODES, read_metrics_csv
+from peerlearn.results.metrics import read_metrics_csv
+from peerlearn.results.plots import mean_curve
 
 CLASSES = ("fast→fast", "fast→slow", "slow→fast", "slow→slow")
 
@@ -149,11 +150,7 @@ def plots(prefix: str, runs: dict[str, tuple[dict, list[dict]]]) -> None:
     fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.2), squeeze=False)
     for ax, (label, (sim, emus)) in zip(axes[0], runs.items(), strict=True):
         for k, r in enumerate([sim, *emus]):
-            mean = r["rec"].series("test_acc_mean", ALL_NODES)
-            std = dict(r["rec"].series("test_acc_std", ALL_NODES))
-            t = np.array([p[0] for p in mean])
-            m = np.array([p[1] for p in mean])
-            s = np.array([std.get(v, 0.0) for v in t])
+            t, m, s = mean_curve(r["rec"], "test_acc")
             name = "simulated" if k == 0 else f"emulated #{k}"
             ax.plot(t, m, "-" if k == 0 else "--", label=name)
             ax.fill_between(t, m - s, m + s, alpha=0.15)

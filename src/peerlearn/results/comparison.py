@@ -13,6 +13,7 @@ import numpy as np
 from rich.table import Table
 
 from peerlearn.results.metrics import ALL_NODES, MetricsRecorder
+from peerlearn.results.plots import mean_curve
 
 
 def _ratio(base: float | None, other: float | None) -> float | None:
@@ -53,12 +54,8 @@ def _plots(out: Path, recorders: dict[str, MetricsRecorder]) -> None:
         for xname, xlabel in (("time", "virtual time (s)"), ("bytes", "MB sent per node")):
             fig, ax = plt.subplots(figsize=(6.5, 4.2))
             for label, rec in recorders.items():
-                mean = rec.series(f"{metric}_mean", ALL_NODES)
-                std = dict(rec.series(f"{metric}_std", ALL_NODES))
+                t, m, s = mean_curve(rec, metric)
                 sent = dict(rec.series("bytes_sent_mean", ALL_NODES))
-                t = np.array([p[0] for p in mean])
-                m = np.array([p[1] for p in mean])
-                s = np.array([std.get(v, 0.0) for v in t])
                 x = t if xname == "time" else np.array([sent.get(v, np.nan) for v in t]) / 1e6
                 ax.plot(x, m, label=label)
                 ax.fill_between(x, m - s, m + s, alpha=0.15)

@@ -13,7 +13,8 @@ import numpy as np
 from peerlearn.results.metrics import ALL_NODES, MetricsRecorder
 
 
-def _curve(rec: MetricsRecorder, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mean_curve(rec: MetricsRecorder, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Evaluation times, the mean over nodes and its std (0 where none was recorded)."""
     mean = rec.series(f"{metric}_mean", ALL_NODES)
     std = dict(rec.series(f"{metric}_std", ALL_NODES))
     t = np.array([p[0] for p in mean])
@@ -28,7 +29,7 @@ def write_plots(rec: MetricsRecorder, out_dir: Path, title: str) -> list[Path]:
     sent = dict(rec.series("bytes_sent_mean", ALL_NODES))
     written = []
     for metric in metrics:
-        t, m, s = _curve(rec, metric)
+        t, m, s = mean_curve(rec, metric)
         label = metric.removeprefix("test_")
         for xname, x, xlabel in (
             ("time", t, "virtual time (s)"),
