@@ -295,8 +295,7 @@ def _aggregate(rec: MetricsRecorder, cfg: ExperimentConfig) -> None:
                 rec.add(t, ALL_NODES, it_min, "bytes_sent_mean", float(v.mean()))
                 continue
             v = v[~np.isnan(v)] if not np.isnan(v).all() else v
-            for stat, fn in (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max)):
-                rec.add(t, ALL_NODES, it_min, f"{metric}_{stat}", float(fn(v)))
+            rec.add_spread(t, it_min, metric, v)
         rec.add(t, ALL_NODES, it_min, "iteration_mean", float(np.mean(list(iters[k].values()))))
 
 

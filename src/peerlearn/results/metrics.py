@@ -9,6 +9,8 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 ALL_NODES = -1
 COLUMNS = ("time_s", "node", "iteration", "metric", "value")
 
@@ -19,6 +21,11 @@ class MetricsRecorder:
 
     def add(self, time: float, node: int, iteration: int, metric: str, value: float) -> None:
         self.rows.append((float(time), int(node), int(iteration), metric, float(value)))
+
+    def add_spread(self, time: float, iteration: int, metric: str, values: np.ndarray) -> None:
+        """``metric``'s mean, std, min and max over nodes, as node -1 rows (both engines)."""
+        for stat, fn in (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max)):
+            self.add(time, ALL_NODES, iteration, f"{metric}_{stat}", float(fn(values)))
 
     def series(self, metric: str, node: int = ALL_NODES) -> list[tuple[float, float]]:
         """(time, value) pairs of one metric for one node (or the aggregate)."""

@@ -313,11 +313,7 @@ class Simulator:
             rec.add(t, int(i), it, "bytes_wasted", float(c.wasted[i]))
         iters = np.array([self.protocols[i].iteration for i in nodes])
         for metric, values in out.items():
-            v = values.double().numpy()
-            rec.add(t, ALL_NODES, int(iters.min()), f"test_{metric}_mean", v.mean())
-            rec.add(t, ALL_NODES, int(iters.min()), f"test_{metric}_std", v.std())
-            rec.add(t, ALL_NODES, int(iters.min()), f"test_{metric}_min", v.min())
-            rec.add(t, ALL_NODES, int(iters.min()), f"test_{metric}_max", v.max())
+            rec.add_spread(t, int(iters.min()), f"test_{metric}", values.double().numpy())
         rec.add(t, ALL_NODES, int(iters.min()), "bytes_sent_mean", float(sent.mean()))
         rec.add(t, ALL_NODES, int(iters.min()), "bytes_delivered_mean", float(c.delivered.mean()))
         rec.add(t, ALL_NODES, int(iters.min()), "bytes_wasted_mean", float(c.wasted.mean()))
