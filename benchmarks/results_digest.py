@@ -32,6 +32,8 @@ VARIANTS = [
     ["algorithm.name=dpsgd"],
     ["algorithm.name=jwins"],
     ["algorithm.name=choco"],
+    ["algorithm.name=topk"],
+    ["algorithm.name=subsampling"],
 ]
 
 

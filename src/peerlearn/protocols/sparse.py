@@ -40,6 +40,26 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     return np.sort(np.argpartition(scores, size - k)[size - k :]).astype(np.int64)
 
 
+def mix_with_own(
+    own: np.ndarray,
+    parts: dict[int, tuple[np.ndarray | None, np.ndarray]],
+    weights: dict[int, float],
+) -> np.ndarray:
+    """Weighted average of ``own`` (weight ``weights[-1]``) and each neighbour's vector, where a
+    neighbour's coordinates outside its ``indices`` are taken from ``own`` (indices None: it
+    sent them all). Neighbours are summed in id order, so every run gives identical sums."""
+    mixed = own * np.float32(weights[-1])
+    for j in sorted(parts):
+        indices, values = parts[j]
+        if indices is None:
+            theirs = values
+        else:
+            theirs = own.copy()
+            theirs[indices] = values
+        mixed += np.float32(weights[j]) * theirs
+    return mixed
+
+
 class PartialSharing(SyncRounds):
     """Change-ranked partial sharing in a transform domain (identity here, wavelet in JWINS).
 
@@ -115,18 +135,9 @@ class PartialSharing(SyncRounds):
         return payload, [Record("alpha", alpha), Record("sent_fraction", sent / self.length)]
 
     def merge(self, got: dict[int, PartialPayload], weights: dict[int, float]) -> None:
-        own = self.own
-        assert own is not None
-        mixed = own * np.float32(weights[-1])
-        for j in sorted(got):  # fixed order: identical sums in every run
-            payload = got[j]
-            if payload.full:
-                theirs = payload.values
-            else:
-                theirs = own.copy()
-                theirs[payload.indices] = payload.values
-            mixed += np.float32(weights[j]) * theirs
-        x_new = self.inverse(mixed)
+        assert self.own is not None
+        parts = {j: (None if p.full else p.indices, p.values) for j, p in got.items()}
+        x_new = self.inverse(mix_with_own(self.own, parts, weights))
         self.set_model(x_new)
         if self.acc is not None and self.accumulate_averaging_changes:
             self.acc += self.forward(x_new - self.p)
@@ -176,12 +187,7 @@ class Subsampling(SyncRounds):
         return payload, [Record("sent_fraction", payload.values.size / self.n)]
 
     def merge(self, got: dict[int, SeedMaskVector], weights: dict[int, float]) -> None:
-        own = self.own
-        assert own is not None
-        mixed = own * np.float32(weights[-1])
-        for j in sorted(got):
-            theirs = own.copy()
-            theirs[got[j].indices()] = got[j].values
-            mixed += np.float32(weights[j]) * theirs
-        self.set_model(mixed)
+        assert self.own is not None
+        parts = {j: (p.indices(), p.values) for j, p in got.items()}
+        self.set_model(mix_with_own(self.own, parts, weights))
         self.own = None
