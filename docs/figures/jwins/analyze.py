@@ -47,8 +47,9 @@ def main():
         name = Path(r).name
         data[name] = (s, pts)
     base = Path(runs[0]).name
-    print("| run | rounds | virtual s | MB sent/node | MB/node/round | "
-          f"final {metric} mean ± std |")
+    print(
+        f"| run | rounds | virtual s | MB sent/node | MB/node/round | final {metric} mean ± std |"
+    )
     print("|---|---|---|---|---|---|")
     for name, (_, pts) in data.items():
         t, it, mb, v, sd = pts[-1]
@@ -60,8 +61,10 @@ def main():
                 return p
         return None
 
-    print(f"\nfirst evaluation reaching each target: rounds / MB per node / virtual s "
-          f"(saved = bytes saved vs {base} at that target; x = the other's MB / this MB)")
+    print(
+        f"\nfirst evaluation reaching each target: rounds / MB per node / virtual s "
+        f"(saved = bytes saved vs {base} at that target; x = the other's MB / this MB)"
+    )
     hdr = "| target | " + " | ".join(data) + " |"
     print(hdr + "\n|" + "---|" * (len(data) + 1))
     for tg in targets:
@@ -81,8 +84,10 @@ def main():
         for tg in targets:
             pj, pc = first(data["jwins"][1], tg), first(data["choco"][1], tg)
             if pj and pc:
-                print(f"  {tg}: MB x{pc[2] / pj[2]:.2f}, time x{pc[0] / pj[0]:.2f}, "
-                      f"rounds x{pc[1] / pj[1]:.2f}")
+                print(
+                    f"  {tg}: MB x{pc[2] / pj[2]:.2f}, time x{pc[0] / pj[0]:.2f}, "
+                    f"rounds x{pc[1] / pj[1]:.2f}"
+                )
             else:
                 print(f"  {tg}: jwins {'yes' if pj else 'no'}, choco {'yes' if pc else 'no'}")
     print(f"\nbest {metric} mean reached within a budget of MB sent per node:")
