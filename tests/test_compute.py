@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -13,6 +14,11 @@ from peerlearn.compute import BatchedEvaluator, BatchedTrainer, MinibatchStream,
 from peerlearn.models import build_model
 
 N_USERS, N_ITEMS = 9, 13
+# PEERLEARN_TEST_DEVICE=cuda runs the batched training and evaluation tests on a GPU, in strict
+# float32 (TF32 convolutions would round differently from the per-node reference)
+DEVICE = os.environ.get("PEERLEARN_TEST_DEVICE", "cpu")
+if DEVICE == "cuda":
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def make_problem(name: str, n: int = 64, seed: int = 0):
@@ -49,7 +55,7 @@ def make_problem(name: str, n: int = 64, seed: int = 0):
 def test_batched_run_equals_reference(name):
     spec, x, y = make_problem(name)
     lr = 0.5 if name == "matrix_factorization" else 0.05
-    trainer = BatchedTrainer(spec, x, y, lr=lr)
+    trainer = BatchedTrainer(spec, x, y, lr=lr, device=DEVICE)
     g = torch.Generator().manual_seed(7)
     init = spec.init_vector()
     jobs = [
@@ -65,8 +71,8 @@ def test_batched_run_equals_reference(name):
     for i, job in enumerate(jobs):
         assert torch.equal(job.start, starts[i])  # snapshots are not modified
         reference = trainer.run_one_reference(job)
-        torch.testing.assert_close(result[i], reference, rtol=0, atol=1e-5)
-        assert not torch.equal(result[i], job.start)
+        torch.testing.assert_close(result[i].cpu(), reference.cpu(), rtol=0, atol=1e-5)
+        assert not torch.equal(result[i].cpu(), job.start)
     assert trainer.last_loss is not None and trainer.last_loss.shape == (3,)
 
 
@@ -82,12 +88,12 @@ def test_chunked_and_vmap_paths_give_each_job_its_own_trajectory(name):
         )
         for steps in (3, 1, 4, 2, 3)
     ]
-    whole = BatchedTrainer(spec, x, y, lr=0.05, max_jobs_per_call=100)
+    whole = BatchedTrainer(spec, x, y, lr=0.05, device=DEVICE, max_jobs_per_call=100)
     want = whole.run(jobs)
-    chunked = BatchedTrainer(spec, x, y, lr=0.05, max_jobs_per_call=2)
+    chunked = BatchedTrainer(spec, x, y, lr=0.05, device=DEVICE, max_jobs_per_call=2)
     torch.testing.assert_close(chunked.run(jobs), want, rtol=0, atol=1e-6)
     torch.testing.assert_close(chunked.last_loss, whole.last_loss)
-    vmapped = BatchedTrainer(spec, x, y, lr=0.05, stacked=False)
+    vmapped = BatchedTrainer(spec, x, y, lr=0.05, stacked=False, device=DEVICE)
     torch.testing.assert_close(vmapped.run(jobs), want, rtol=0, atol=1e-5)
 
 
@@ -109,7 +115,7 @@ def test_last_loss_is_mean_over_each_jobs_steps():
 
 def test_zero_steps_and_no_jobs():
     spec, x, y = make_problem("mlp")
-    trainer = BatchedTrainer(spec, x, y, lr=0.1)
+    trainer = BatchedTrainer(spec, x, y, lr=0.1, device=DEVICE)
     start = spec.init_vector()
     out = trainer.run(
         [
@@ -117,7 +123,7 @@ def test_zero_steps_and_no_jobs():
             TrainJob(start, torch.zeros(1, 4, dtype=torch.int64)),
         ]
     )
-    assert torch.equal(out[0], start)
+    assert torch.equal(out[0].cpu(), start)
     assert math.isnan(trainer.last_loss[0])
     assert trainer.run([]).shape == (0, spec.layout.numel)
 
@@ -199,7 +205,7 @@ def test_evaluator_shared_test_set(name):
     spec, x, y = make_problem(name, n=50, seed=4)
     params = node_params(spec, 5, 0.05)
     # Small batch and chunk sizes so that both loops (samples, nodes) take several rounds.
-    evaluator = BatchedEvaluator(spec, x, y, batch_size=16, node_chunk=2)
+    evaluator = BatchedEvaluator(spec, x, y, batch_size=16, node_chunk=2, device=DEVICE)
     subset = np.array([3, 7, 8, 20, 21, 22, 40, 49, 0])
     for sub in (None, subset):
         got = evaluator.evaluate(params, subset=sub)
@@ -220,7 +226,7 @@ def test_evaluator_local_test_sets(name):
         params = node_params(spec, 5, 0.05)
     rng = np.random.default_rng(0)
     local = [rng.choice(80, size=m, replace=False) for m in (3, 17, 40, 1, 25)]
-    evaluator = BatchedEvaluator(spec, x, y, batch_size=8, node_chunk=3)
+    evaluator = BatchedEvaluator(spec, x, y, batch_size=8, node_chunk=3, device=DEVICE)
     got = evaluator.evaluate(params, test_indices=local)
     if name == "matrix_factorization":
         assert set(got) == {"acc", "loss", "rmse"}
@@ -249,10 +255,11 @@ def test_evaluator_default_chunk_follows_the_work_per_sample():
 def test_training_works_inside_no_grad_and_inference_mode():
     # The simulator may call the trainer from inside an evaluation/no-grad region.
     spec, x, y = make_problem("mlp")
-    trainer = BatchedTrainer(spec, x, y, lr=0.1)
+    trainer = BatchedTrainer(spec, x, y, lr=0.1, device=DEVICE)
     job = TrainJob(spec.init_vector(), torch.arange(8).view(2, 4))
     expected = trainer.run([job])[0]
     for ctx in (torch.no_grad, torch.inference_mode):
         with ctx():
             torch.testing.assert_close(trainer.run([job])[0], expected, rtol=0, atol=0)
             torch.testing.assert_close(trainer.run_one_reference(job), expected, rtol=0, atol=1e-5)
+

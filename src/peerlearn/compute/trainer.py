@@ -120,10 +120,16 @@ class BatchedTrainer:
         max_steps = int(steps.max())
         sorted_steps = steps[order].tolist()
         active = n_jobs
+        # every job's batch indices in one (J, steps, B) tensor, padded and moved once: no
+        # per-step gathering of small tensors or host-to-device copies
+        all_idx = torch.zeros(n_jobs, max_steps, ordered[0].batches.shape[1], dtype=torch.int64)
+        for k, job in enumerate(ordered):
+            all_idx[k, : job.steps] = job.batches
+        all_idx = all_idx.to(self.device)
         for t in range(max_steps):
             while sorted_steps[active - 1] <= t:
                 active -= 1
-            idx = torch.stack([job.batches[t] for job in ordered[:active]]).to(self.device)
+            idx = all_idx[:active, t]
             xb, yb = self.train_x[idx], self.train_y[idx]
             if self.row_sparse:
                 with torch.no_grad():
