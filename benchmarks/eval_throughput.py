@@ -26,8 +26,13 @@ def main() -> None:
     p.add_argument("--test", type=int, default=10_000)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--tf32", action="store_true", help="cuda: TF32 convolutions and matmuls")
+    p.add_argument("--node-chunk", type=int, default=None, help="nodes per call (default: auto)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    # strict float32 unless asked (PyTorch's own default lets cuDNN convolutions use TF32)
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.test, 3, 32, 32, generator=g)
     y = torch.randint(0, 10, (args.test,), generator=g)
@@ -35,7 +40,9 @@ def main() -> None:
     params = spec.init_vector().unsqueeze(0) + 0.01 * torch.randn(
         args.nodes, spec.layout.numel, generator=g
     )
-    ev = BatchedEvaluator(spec, x, y, batch_size=args.batch, device=args.device)
+    ev = BatchedEvaluator(
+        spec, x, y, batch_size=args.batch, node_chunk=args.node_chunk, device=args.device
+    )
 
     xd = x.to(args.device)  # resident, as the batched evaluator keeps it
 
@@ -63,6 +70,9 @@ def main() -> None:
     samples = args.nodes * args.test
     res = {
         "nodes": args.nodes,
+        "tf32": args.tf32,
+        "node_chunk": ev.node_chunk,
+        "device": args.device,
         "test_samples": args.test,
         "batched_samples_per_s": samples / t_bat,
         "sequential_samples_per_s": samples / t_seq,

@@ -37,6 +37,20 @@ def _time(fn, repeats: int, device: str) -> float:
     return best
 
 
+def _matmul_rate(device: str, tf32: bool, n: int = 8192) -> float:
+    """FLOP/s of a large float32 matrix product on ``device`` (a practical peak)."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    t = _time(lambda: [a @ b for _ in range(5)], 3, device)
+    torch.backends.cuda.matmul.allow_tf32 = before
+    return 5 * 2 * n**3 / t
+
+
+# GN-LeNet on 3x32x32, forward + backward, counted from the layer shapes (cpu_ceiling.py)
+GN_LENET_TRAIN_FLOP = 68.9e6
+
+
 def _data(model: str, n: int, g: torch.Generator):
     if model == "gn_lenet":
         x = torch.randn(n, 3, 32, 32, generator=g)
@@ -70,8 +84,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--tf32", action="store_true", help="cuda: TF32 convolutions and matmuls")
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    # strict float32 unless asked (PyTorch's own default lets cuDNN convolutions use TF32)
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     g = torch.Generator().manual_seed(0)
     n_data = 4096
     spec, x, y = _data(args.model, n_data, g)
@@ -93,6 +111,7 @@ def main() -> None:
         "model": args.model,
         "device": args.device,
         "nodes": args.nodes,
+        "tf32": args.tf32,
         "steps": args.steps,
         "batch": args.batch,
         "threads": torch.get_num_threads(),
@@ -102,6 +121,11 @@ def main() -> None:
         "batched_vs_sequential": t_seq / t_bat,
         "batched_vs_batch64_ceiling": (samples / t_bat) / big_sps,
     }
+    if args.model == "gn_lenet":
+        res["batched_tflops"] = samples / t_bat * GN_LENET_TRAIN_FLOP / 1e12
+    if args.device == "cuda":
+        res["matmul_fp32_tflops"] = _matmul_rate("cuda", False) / 1e12
+        res["matmul_tf32_tflops"] = _matmul_rate("cuda", True) / 1e12
     for k, v in res.items():
         print(f"{k:>30}: {v:.3f}" if isinstance(v, float) else f"{k:>30}: {v}")
     if args.json:

@@ -263,3 +263,27 @@ def test_training_works_inside_no_grad_and_inference_mode():
             torch.testing.assert_close(trainer.run([job])[0], expected, rtol=0, atol=0)
             torch.testing.assert_close(trainer.run_one_reference(job), expected, rtol=0, atol=1e-5)
 
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["mlp", "gn_lenet"])
+def test_cuda_graph_replay_matches_eager(name):
+    # 11 jobs (padded to 16 in the graph), mixed step counts (several captured job counts), and
+    # a second call that replays cached graphs
+    torch.backends.cudnn.allow_tf32 = False
+    spec, x, y = make_problem(name)
+    g = torch.Generator().manual_seed(5)
+    init = spec.init_vector()
+    jobs = [
+        TrainJob(
+            init + 0.01 * torch.randn(init.shape, generator=g),
+            torch.randint(0, len(y), (steps, 4), generator=g),
+        )
+        for steps in (3, 1, 4, 2, 3, 5, 5, 1, 2, 4, 3)
+    ]
+    eager = BatchedTrainer(spec, x, y, lr=0.05, device="cuda", cuda_graphs=False)
+    graphed = BatchedTrainer(spec, x, y, lr=0.05, device="cuda")
+    assert graphed._graphs is not None and eager._graphs is None
+    want = eager.run(jobs)
+    for _ in range(2):
+        torch.testing.assert_close(graphed.run(jobs), want, rtol=0, atol=1e-6)
+        torch.testing.assert_close(graphed.last_loss, eager.last_loss, rtol=1e-6, atol=1e-7)

@@ -66,7 +66,7 @@ class BatchedEvaluator:
         self._own = spec.stacked_forward
 
     def _shared(self, chunk: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.spec.stacked_forward(chunk, x.expand(chunk.shape[0], *x.shape))
+        return self.spec.stacked_forward_shared(chunk, x)
 
     @torch.inference_mode()
     def evaluate(

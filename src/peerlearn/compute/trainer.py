@@ -9,6 +9,7 @@ is that "alone" baseline, written the ordinary nn.Module + optimizer way.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad_and_value, vmap
 
+from peerlearn.compute.cuda_graph import GraphCaptureError, GraphedSteps
 from peerlearn.models.zoo import ModelSpec
 
 
@@ -44,6 +46,7 @@ class BatchedTrainer:
         device: str = "cpu",
         stacked: bool = True,
         max_jobs_per_call: int = 16,
+        cuda_graphs: bool = True,
     ) -> None:
         self.spec = spec
         self.device = torch.device(device)
@@ -66,6 +69,14 @@ class BatchedTrainer:
         # ~25% slower than 16 at a time, benchmarks/train_throughput.py); jobs are independent,
         # so running them in chunks changes nothing in their results.
         self.max_jobs_per_call = max(1, max_jobs_per_call) if device == "cpu" else 1 << 30
+        # On a GPU, kernel launches dominate small steps: replay each step as a CUDA graph.
+        # (The row-sparse embedding step is already cheap and is left eager.)
+        use_graphs = cuda_graphs and self.device.type == "cuda" and self.stacked
+        self._graphs = (
+            GraphedSteps(self._sgd_step, spec.layout.numel, self.device)
+            if use_graphs and not self.row_sparse
+            else None
+        )
 
     def _stacked_step(
         self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
@@ -95,6 +106,18 @@ class BatchedTrainer:
         self.last_loss = torch.cat(losses)
         return torch.cat(results)
 
+    def _sgd_step(self, params: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """One plain SGD step of J models in place on their (J, B) batches; returns losses."""
+        xb, yb = self.train_x[idx], self.train_y[idx]
+        if self.row_sparse:
+            with torch.no_grad():
+                views = self.spec.layout.unflatten(params)
+                return self.spec.module.sgd_step_rows(views, xb, yb, self.lr)
+        step = self._stacked_step if self.stacked else self._step_grads
+        grads, losses = step(params, xb, yb)
+        params.add_(grads, alpha=-self.lr)  # as torch.optim.SGD does
+        return losses.detach()
+
     @torch.inference_mode(False)
     @torch.enable_grad()
     def _run_chunk(self, jobs: Sequence[TrainJob]) -> torch.Tensor:
@@ -119,27 +142,28 @@ class BatchedTrainer:
         loss_sum = torch.zeros(n_jobs, dtype=torch.float64, device=self.device)
         max_steps = int(steps.max())
         sorted_steps = steps[order].tolist()
-        active = n_jobs
         # every job's batch indices in one (J, steps, B) tensor, padded and moved once: no
         # per-step gathering of small tensors or host-to-device copies
         all_idx = torch.zeros(n_jobs, max_steps, ordered[0].batches.shape[1], dtype=torch.int64)
         for k, job in enumerate(ordered):
             all_idx[k, : job.steps] = job.batches
         all_idx = all_idx.to(self.device)
-        for t in range(max_steps):
+        t, active = 0, n_jobs
+        while t < max_steps:
             while sorted_steps[active - 1] <= t:
                 active -= 1
-            idx = all_idx[:active, t]
-            xb, yb = self.train_x[idx], self.train_y[idx]
-            if self.row_sparse:
-                with torch.no_grad():
-                    views = self.spec.layout.unflatten(params[:active])
-                    losses = self.spec.module.sgd_step_rows(views, xb, yb, self.lr)
-            else:
-                step = self._stacked_step if self.stacked else self._step_grads
-                grads, losses = step(params[:active], xb, yb)
-                params[:active].add_(grads, alpha=-self.lr)  # as torch.optim.SGD does
-            loss_sum[:active] += losses.detach()
+            end = sorted_steps[active - 1]  # the active prefix is fixed for steps t .. end-1
+            if self._graphs is not None:
+                try:
+                    self._graphs.run(params[:active], all_idx[:active, t:end], loss_sum[:active])
+                    t = end
+                    continue
+                except GraphCaptureError as e:  # raised before anything was modified
+                    warnings.warn(f"CUDA graph capture failed, training eagerly: {e}", stacklevel=2)
+                    self._graphs = None
+            for s in range(t, end):
+                loss_sum[:active] += self._sgd_step(params[:active], all_idx[:active, s])
+            t = end
         mean_loss = (loss_sum.cpu() / steps[order].clamp(min=1)).float()
         mean_loss[steps[order] == 0] = float("nan")
         # Undo the ordering.

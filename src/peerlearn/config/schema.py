@@ -80,6 +80,9 @@ class ComputeConfig(Section):
     device: Literal["cpu", "cuda"] = "cpu"
     # false: every job is trained alone with a plain nn.Module + SGD (reference path, slow)
     batched: bool = True
+    # cuda only: let convolutions and matrix products round through TF32 (faster, ~1e-3 relative
+    # precision); false keeps strict float32, which matches a CPU run up to float rounding
+    tf32: bool = False
 
 
 class NetworkConfig(Section):

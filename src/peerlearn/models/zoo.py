@@ -58,19 +58,32 @@ class GNLeNet(nn.Module):
 
         The J models' channels sit side by side and every convolution is one grouped convolution
         (groups = J); each model's GroupNorm groups are contiguous channel blocks, so GroupNorm
-        over 2J groups normalizes exactly per model. Channels-last memory is the fast layout for
-        these convolutions on CPU.
+        over 2J groups normalizes exactly per model.
         """
         j, b = x.shape[:2]
         h = x.transpose(0, 1).reshape(b, j * x.shape[2], *x.shape[3:])
-        h = h.contiguous(memory_format=torch.channels_last)
+        return self._side_by_side(p, h, j, first_groups=j)
+
+    def stacked_shared(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """J models on one batch ``x`` (B, C, H, W) that all of them see (a shared test set):
+        the first convolution is a single dense one with J x 32 output channels, and ``x`` is
+        not copied once per model."""
+        return self._side_by_side(p, x, p["conv1.weight"].shape[0], first_groups=1)
+
+    def _side_by_side(
+        self, p: dict[str, torch.Tensor], h: torch.Tensor, j: int, first_groups: int
+    ) -> torch.Tensor:
+        b = h.shape[0]
+        if h.device.type == "cpu":  # channels-last is oneDNN's fast layout; cuDNN prefers NCHW
+            h = h.contiguous(memory_format=torch.channels_last)
         for k in (1, 2, 3):
             w = p[f"conv{k}.weight"]
             w = w.reshape(j * w.shape[1], *w.shape[2:])
-            h = F.conv2d(h, w, p[f"conv{k}.bias"].reshape(-1), padding=2, groups=j)
-            groups = getattr(self, f"gn{k}").num_groups * j
+            groups = first_groups if k == 1 else j
+            h = F.conv2d(h, w, p[f"conv{k}.bias"].reshape(-1), padding=2, groups=groups)
+            norm_groups = getattr(self, f"gn{k}").num_groups * j
             gamma, beta = p[f"gn{k}.weight"].reshape(-1), p[f"gn{k}.bias"].reshape(-1)
-            h = F.max_pool2d(F.relu(F.group_norm(h, groups, gamma, beta)), 2)
+            h = F.max_pool2d(F.relu(F.group_norm(h, norm_groups, gamma, beta)), 2)
         h = h.reshape(b, j, -1).transpose(0, 1)  # (J, B, features), each model's flatten order
         return torch.baddbmm(p["fc.bias"].unsqueeze(1), h, p["fc.weight"].transpose(1, 2))
 
@@ -133,10 +146,24 @@ class MLP(nn.Module):
 
     def stacked(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """J models at once with batched matrix products; ``x`` is (J, B, ...)."""
-        h = x.flatten(2)
-        names = [f"hidden.{k}" for k in range(len(self.hidden))]
-        for name in names:
-            h = F.relu(torch.baddbmm(p[f"{name}.bias"].unsqueeze(1), h, p[f"{name}.weight"].mT))
+        return self._tail(p, x.flatten(2), 0)
+
+    def stacked_shared(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """J models on one batch ``x`` (B, ...) they all see: the first layer is a single
+        matrix product with J x width outputs."""
+        first = "hidden.0" if len(self.hidden) else "out"
+        w, bias = p[f"{first}.weight"], p[f"{first}.bias"]
+        j, width = w.shape[:2]
+        h = F.linear(x.flatten(1), w.reshape(j * width, -1), bias.reshape(-1))
+        h = h.view(-1, j, width).transpose(0, 1)  # (J, B, width)
+        if not len(self.hidden):
+            return h
+        return self._tail(p, F.relu(h), 1)
+
+    def _tail(self, p: dict[str, torch.Tensor], h: torch.Tensor, start: int) -> torch.Tensor:
+        for k in range(start, len(self.hidden)):
+            w, bias = p[f"hidden.{k}.weight"], p[f"hidden.{k}.bias"]
+            h = F.relu(torch.baddbmm(bias.unsqueeze(1), h, w.mT))
         return torch.baddbmm(p["out.bias"].unsqueeze(1), h, p["out.weight"].mT)
 
 
@@ -168,6 +195,14 @@ class ModelSpec:
         if stacked is None:
             return torch.func.vmap(self.forward)(params, x)
         return stacked(self.layout.unflatten(params), x)
+
+    def stacked_forward_shared(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Outputs of J models on one batch ``x`` (B, ...) that all of them see; the
+        architecture's ``stacked_shared`` when it has one, else ``x`` broadcast to every model."""
+        shared = getattr(self.module, "stacked_shared", None)
+        if shared is None:
+            return self.stacked_forward(params, x.expand(params.shape[0], *x.shape))
+        return shared(self.layout.unflatten(params), x)
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy (classification) or mean squared error (regression)."""

@@ -72,6 +72,9 @@ class Simulator:
         self.recorder = recorder or MetricsRecorder()
         self.progress = progress
         torch_device = cfg.compute.device
+        if torch_device == "cuda":
+            torch.backends.cudnn.allow_tf32 = cfg.compute.tf32
+            torch.backends.cuda.matmul.allow_tf32 = cfg.compute.tf32
         spec = setup.model
         ds = setup.dataset
         init = spec.init_vector()
