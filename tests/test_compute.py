@@ -287,3 +287,20 @@ def test_cuda_graph_replay_matches_eager(name):
     for _ in range(2):
         torch.testing.assert_close(graphed.run(jobs), want, rtol=0, atol=1e-6)
         torch.testing.assert_close(graphed.last_loss, eager.last_loss, rtol=1e-6, atol=1e-7)
+
+
+def test_relu_after_pooling_is_exact():
+    # GNLeNet's batched path applies ReLU after max pooling: same values and same gradients as
+    # the module's ReLU-then-pool, ties at zero included
+    z = torch.randn(4, 8, 16, 16, generator=torch.Generator().manual_seed(2))
+    z[0, 0, :4, :4] = 0.0
+    z[1, 1, :2, :2] = -0.0
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        a = z.clone(memory_format=fmt).requires_grad_(True)
+        b = z.clone(memory_format=fmt).requires_grad_(True)
+        out_a, out_b = F.max_pool2d(F.relu(a), 2), F.relu(F.max_pool2d(b, 2))
+        assert torch.equal(out_a, out_b)
+        grad = torch.randn(out_a.shape, generator=torch.Generator().manual_seed(3))
+        out_a.backward(grad)
+        out_b.backward(grad)
+        assert torch.equal(a.grad, b.grad)
