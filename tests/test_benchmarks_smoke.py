@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -67,3 +68,18 @@ def test_codec_benchmark_runs() -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ms" in proc.stdout
+
+
+def test_every_benchmark_script_has_a_smoke_run() -> None:
+    covered = set(CASES) | {"node_receive.py", "codec_time.py", "gpu_variants.py"}
+    assert {p.name for p in BENCH.glob("*.py")} <= covered
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_variants_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.json"
+    args = ["--nodes", "3", "--steps", "2", "--test", "64"]
+    cmd = [sys.executable, str(BENCH / "gpu_variants.py"), *args, "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["rows"]
