@@ -159,35 +159,70 @@ class Simulator:
                 self._transmissions_done(net.advance_to(t_net))
                 self.now = t_net
             else:
-                time, item = queue.pop()
+                time, seq, item = queue.pop_entry()
                 # nothing finishes and no rate update is due before t_net > time
                 net.skip_to(time)
                 self.now = time
-                self._dispatch(item)
+                if item[0] == _DELIVER:  # the most frequent event
+                    self._deliver_batch(time, seq, item[1])
+                else:
+                    self._dispatch(item)
 
     # -----------------------------------------------------------------------------------------
     def _transmissions_done(self, completed: list[tuple[int, float]]) -> None:
-        """Schedule the delivery of messages whose last byte has left, latency later."""
+        """Schedule the delivery of messages whose last byte has left, latency later.
+
+        Messages delivered at the same instant share one queue entry, in completion order. One
+        entry per message, pushed in this order, would pop in the same order: their keys are
+        consecutive, so nothing else can come between two of them at the same time.
+        """
+        messages, latency = self.messages, self.net.latency
+        batches: dict[float, list[int]] = {}
         for msg_id, finish in completed:
-            msg = self.messages[msg_id][0]
-            self.queue.push(finish + self.net.latency(msg.src, msg.dst), (_DELIVER, msg_id))
+            msg = messages[msg_id][0]
+            t = finish + latency(msg.src, msg.dst)
+            batch = batches.get(t)
+            if batch is None:
+                batches[t] = [msg_id]
+            else:
+                batch.append(msg_id)
+        for t, ids in batches.items():
+            self.queue.push(t, (_DELIVER, ids))
+
+    def _deliver_batch(self, time: float, seq: int, ids: list[int]) -> None:
+        """Deliver messages due at ``time``, in order, as one event each would.
+
+        Between two of them the event loop would check whether every node is done and whether a
+        transmission completes (or a rate update is due) first; that can only change when a
+        protocol acted. Then the rest goes back into the queue under the same key.
+        """
+        last = len(ids) - 1
+        for k, msg_id in enumerate(ids):
+            if self._deliver(msg_id) and k < last:
+                if self.finished == self.n:
+                    return
+                if self.net.next_completion_time() <= time:
+                    self.queue.requeue(time, seq, (_DELIVER, ids[k + 1 :]))
+                    return
+
+    def _deliver(self, msg_id: int) -> bool:
+        """Hand a message to its receiver; whether the receiver asked for any action."""
+        msg, nbytes, data, meta = self.messages.pop(msg_id)
+        delivered, data_b, meta_b, received = self._delivered_bytes
+        delivered[msg.src] += nbytes
+        data_b[msg.src] += data
+        meta_b[msg.src] += meta
+        received[msg.dst] += nbytes
+        self.messages_delivered += 1
+        if self.message_log is not None:
+            self.message_log.append(
+                (msg.src, msg.dst, msg.kind, msg.iteration, nbytes, msg.sent_at, self.now)
+            )
+        return self._feed(msg.dst, MessageArrived(msg))
 
     def _dispatch(self, item: tuple) -> None:
         kind = item[0]
-        if kind == _DELIVER:  # the most frequent event
-            msg, nbytes, data, meta = self.messages.pop(item[1])
-            delivered, data_b, meta_b, received = self._delivered_bytes
-            delivered[msg.src] += nbytes
-            data_b[msg.src] += data
-            meta_b[msg.src] += meta
-            received[msg.dst] += nbytes
-            self.messages_delivered += 1
-            if self.message_log is not None:
-                self.message_log.append(
-                    (msg.src, msg.dst, msg.kind, msg.iteration, nbytes, msg.sent_at, self.now)
-                )
-            self._feed(msg.dst, MessageArrived(msg))
-        elif kind == _NODE:
+        if kind == _NODE:
             _, node, event = item
             if isinstance(event, TrainingDone):
                 self._finish_training(node)
@@ -198,27 +233,50 @@ class Simulator:
             if nxt <= self.stop_time:
                 self.queue.push(nxt, (_EVAL, None))
 
-    def _feed(self, node: int, event) -> None:
+    def _feed(self, node: int, event) -> bool:
+        """Hand an event to a node and carry out its actions; whether there were any."""
         proto = self.protocols[node]
         if proto.finished:
-            return
-        for action in proto.handle(event):
+            return False
+        actions = proto.handle(event)
+        sends: list[Send] = []
+        for action in actions:
             if type(action) is Send:  # most actions are sends: no pattern matching for them
-                self._send(node, action)
-            else:
-                self._act(node, proto, action)
+                sends.append(action)
+                continue
+            if sends:  # a run of sends goes to the network as one batch, in order
+                self._send_many(node, sends)
+                sends = []
+            self._act(node, proto, action)
+        if sends:
+            self._send_many(node, sends)
+        return bool(actions)
 
-    def _send(self, node: int, action: Send) -> None:
-        dest = action.dest
-        if dest == node or not 0 <= dest < self.n:
-            raise ValueError(f"node {node} sends to invalid destination {dest}")
-        msg_id = self._next_msg_id
-        self._next_msg_id += 1
-        msg = Message(node, dest, action.kind, action.iteration, action.payload, id=msg_id)
-        msg.sent_at = self.now
-        nbytes = msg.nbytes
-        self.messages[msg_id] = (msg, nbytes, msg.data_bytes, msg.meta_bytes)
-        self.net.enqueue(msg_id, node, dest, nbytes)
+    def _send_many(self, node: int, sends: list[Send]) -> None:
+        """Queue a node's consecutive sends: each a message on its connection, as one batch."""
+        n = self.n
+        for action in sends:
+            if action.dest == node or not 0 <= action.dest < n:
+                raise ValueError(f"node {node} sends to invalid destination {action.dest}")
+        messages, now = self.messages, self.now
+        first = msg_id = self._next_msg_id
+        sized: dict[int, tuple[int, int, int]] = {}  # id(payload) -> sizes; payloads are shared
+        dests: list[int] = []
+        sizes: list[int] = []
+        for action in sends:
+            payload = action.payload
+            msg = Message(
+                node, action.dest, action.kind, action.iteration, payload, id=msg_id, sent_at=now
+            )
+            size = sized.get(id(payload))
+            if size is None:
+                size = sized[id(payload)] = (msg.nbytes, msg.data_bytes, msg.meta_bytes)
+            messages[msg_id] = (msg, *size)
+            dests.append(action.dest)
+            sizes.append(size[0])
+            msg_id += 1
+        self._next_msg_id = msg_id
+        self.net.enqueue_many(node, range(first, msg_id), dests, sizes)
 
     def _flush_delivered_bytes(self) -> None:
         """Add the delivered bytes counted since the last flush to ``counters``."""
@@ -243,7 +301,7 @@ class Simulator:
                 )
                 self.queue.push(done, (_NODE, node, TrainingDone(steps)))
             case Send():
-                self._send(node, action)
+                self._send_many(node, [action])
             case DropPending(before_iteration=before):
                 recall = self.cfg.network.recall_in_flight
                 ids = [

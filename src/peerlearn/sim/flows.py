@@ -218,23 +218,42 @@ class FlowNetwork:
 
     def enqueue(self, msg_id: int, src: int, dst: int, nbytes: int) -> None:
         """Queue a message at ``now``; it starts at once if its connection is idle."""
-        if msg_id in self._msgs:
-            raise ValueError(f"message {msg_id} is already pending")
-        if not (0 <= src < self.n and 0 <= dst < self.n) or src == dst:
-            raise ValueError(f"bad pair ({src}, {dst}) for {self.n} nodes")
-        if nbytes < 0:
-            raise ValueError(f"nbytes must be >= 0, got {nbytes}")
-        self._msgs[msg_id] = _Msg(src, dst, nbytes)
+        self.enqueue_many(src, (msg_id,), (dst,), (nbytes,))
+
+    def enqueue_many(
+        self, src: int, msg_ids: Sequence[int], dsts: Sequence[int], sizes: Sequence[int]
+    ) -> None:
+        """Queue messages of one sender at ``now``, in order: the same as one ``enqueue`` each.
+
+        One call for a node's burst of sends (DivShare: Ω·r fragments per iteration) starts the
+        flows of idle connections together. All messages are checked before any is queued.
+        """
+        n = self.n
+        for msg_id, dst, nbytes in zip(msg_ids, dsts, sizes, strict=True):
+            if msg_id in self._msgs:
+                raise ValueError(f"message {msg_id} is already pending")
+            if not (0 <= src < n and 0 <= dst < n) or src == dst:
+                raise ValueError(f"bad pair ({src}, {dst}) for {n} nodes")
+            if nbytes < 0:
+                raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+        if len(set(msg_ids)) != len(msg_ids):
+            raise ValueError(f"message ids repeat in {msg_ids}")
+        msgs, queues = self._msgs, self._queues
         by_src = self._by_src.get(src)
         if by_src is None:
             by_src = self._by_src[src] = {}
-        by_src[msg_id] = None
-        queue = self._queues.get((src, dst))
-        if queue is None:  # the connection is idle: the message starts at once
-            self._queues[(src, dst)] = deque((msg_id,))
-            self._start(msg_id)
-        else:
-            queue.append(msg_id)
+        starts: list[tuple[int, _Msg]] = []  # messages whose connection is idle
+        for msg_id, dst, nbytes in zip(msg_ids, dsts, sizes, strict=True):
+            msg = msgs[msg_id] = _Msg(src, dst, nbytes)
+            by_src[msg_id] = None
+            queue = queues.get((src, dst))
+            if queue is None:  # the connection is idle: the message starts at once
+                queues[(src, dst)] = deque((msg_id,))
+                starts.append((msg_id, msg))
+            else:
+                queue.append(msg_id)
+        if starts:
+            self._start_many(starts)
 
     def skip_to(self, t: float) -> None:
         """Move the clock to ``t``, when nothing can happen before it.
@@ -259,12 +278,13 @@ class FlowNetwork:
                 continue
             if first > t:
                 break
-            self.now = max(self.now, first)
+            now = self.now = max(self.now, first)
             finished = np.flatnonzero(self._finish <= first)
-            for slot in finished[np.argsort(self._start_seq[finished], kind="stable")].tolist():
-                msg_id = int(self._slot_msg[slot])
-                self._complete(slot, msg_id)
-                done.append((msg_id, self.now))
+            if len(finished) > 1:
+                finished = finished[np.argsort(self._start_seq[finished], kind="stable")]
+            ids = self._slot_msg[finished].tolist()
+            self._finish_slots(finished.tolist(), ids, completed=True)
+            done += [(msg_id, now) for msg_id in ids]
         self.now = t
         return done
 
@@ -289,7 +309,7 @@ class FlowNetwork:
                 self._done_sent[msg.src] += sent
                 self._done_recv[msg.dst] += sent
                 out[msg_id] = sent
-                self._finish_slot(msg.slot, msg_id)
+                self._finish_slots([msg.slot], [msg_id], completed=False)
         return out
 
     # -- internals -------------------------------------------------------------------------------
@@ -333,95 +353,143 @@ class FlowNetwork:
             self._first = float(self._finish.min()) if len(self._finish) else math.inf
         return self._first
 
-    def _set_finish_one(self, slot: int, rate: float, rem: float, ref: float) -> None:
-        """``_set_finish`` for one flow, from the scalars just stored in its slot (hot path)."""
-        if rem <= 0 or rate == math.inf:
-            finish = ref  # empty messages and infinite rates finish at once
-        elif rate > 0:
-            finish = ref + rem / rate
-        else:
-            finish = math.inf
-        old = self._finish[slot]
-        if self._first is not None and finish >= old and old <= self._first:
-            self._first = None  # the slot may have held the minimum and its time went up
-        self._finish[slot] = finish
-        if self._first is not None:
-            self._first = min(self._first, finish)
+    def _take_slots(self, k: int) -> list[int]:
+        """``k`` free slots, in the order ``k`` single pops would hand them out."""
+        free = self._free
+        slots: list[int] = []
+        while len(slots) < k:
+            if not free:
+                self._grow()
+            take = min(k - len(slots), len(free))
+            chunk = free[len(free) - take :]
+            del free[len(free) - take :]
+            chunk.reverse()
+            slots += chunk
+        return slots
 
-    def _load(self, slot: int, msg_id: int) -> float:
-        """Put a message at the head of the flow in ``slot``, starting now; its size."""
+    def _start_many(self, starts: list[tuple[int, _Msg]]) -> None:
+        """Connections become busy: new flows, so the allocation changes.
+
+        Per flow this is scalar bookkeeping in Python floats (in bounded mode, each new flow takes
+        what is left on its path after the flows started before it, in order); the flow arrays
+        are then written once for the whole batch.
+        """
+        slots = self._take_slots(len(starts))
+        n, now = self.n, self.now
+        bounded = self.rate_update_s > 0
+        caps, used = self._cap_list, self._used
+        slot_route, slot_res = self._slot_route, self._slot_res
+        routed = self._route_fn is not None
+        inf = math.inf
+        ids, srcs, dsts, sizes, rates, finishes = [], [], [], [], [], []
+        for slot, (msg_id, msg) in zip(slots, starts, strict=True):
+            msg.slot = slot
+            src, dst = msg.src, msg.dst
+            route = self._route(src, dst) if routed else ()
+            res = (src, n + dst, *(2 * n + k for k in route)) if route else (src, n + dst)
+            slot_route[slot] = route
+            slot_res[slot] = res
+            size = float(msg.nbytes)
+            rate = 0.0
+            if bounded:
+                # max(min(caps[r] - used[r] for r in res), 0.0), spelled out: the same IEEE
+                # operations and the same choice among ties as min() and max()
+                rate = caps[src] - used[src]
+                for r in res[1:]:
+                    left = caps[r] - used[r]
+                    if left < rate:
+                        rate = left
+                if rate < 0.0:
+                    rate = 0.0
+                if rate < inf:
+                    for r in res:
+                        used[r] += rate
+            if size <= 0 or rate == inf:
+                finish = now  # empty messages and infinite rates finish at once
+            elif rate > 0:
+                finish = now + size / rate
+            else:
+                finish = inf
+            ids.append(msg_id)
+            srcs.append(src)
+            dsts.append(dst)
+            sizes.append(size)
+            rates.append(rate)
+            finishes.append(finish)
+        idx = np.array(slots, dtype=np.int64)
+        self._slot_msg[idx] = ids
+        self._src[idx] = srcs
+        self._dst[idx] = dsts
+        self._size[idx] = sizes
+        self._rem[idx] = sizes
+        self._ref[idx] = now
+        self._start_seq[idx] = np.arange(self._seq, self._seq + len(slots))
+        self._seq += len(slots)
+        self._rate[idx] = rates
+        self._finish[idx] = finishes
+        if self._first is not None:  # the slots were free (finish = inf): only new minima count
+            self._first = min(self._first, min(finishes))
+        self._dirty = True
+
+    def _finish_slots(self, slots: list[int], msg_ids: list[int], *, completed: bool) -> None:
+        """Remove the head message in each slot, in order, and start the next of its connection.
+
+        ``completed``: the messages finished, so their full sizes are booked (node counters then
+        add up to exactly the message sizes); a cancelled message's partial bytes are booked by
+        the caller. The allocation depends only on which connections transmit, so when a
+        connection has a next message it takes over the slot and the rate unchanged: no
+        recomputation needed.
+        """
+        msgs, by_src, queues = self._msgs, self._by_src, self._queues
+        done_sent, done_recv = self._done_sent, self._done_recv
+        bounded = self.rate_update_s > 0
+        used, slot_res = self._used, self._slot_res
+        now = self.now
+        freed: list[int] = []
+        for slot, msg_id, rate in zip(slots, msg_ids, self._rate[slots].tolist(), strict=True):
+            msg = msgs.pop(msg_id)
+            src, dst = msg.src, msg.dst
+            if completed:
+                size = float(msg.nbytes)  # == _size[slot]
+                done_sent[src] += size
+                done_recv[dst] += size
+            del by_src[src][msg_id]
+            queue = queues[(src, dst)]
+            queue.popleft()
+            if queue:
+                self._reload(slot, queue[0], rate, now)
+                continue
+            del queues[(src, dst)]
+            freed.append(slot)
+            if bounded and math.isfinite(rate):
+                for r in slot_res[slot]:
+                    used[r] -= rate  # the freed share idles until the next update
+        if freed:
+            self._slot_msg[freed] = -1
+            self._finish[freed] = np.inf
+            self._rate[freed] = 0.0
+            self._free += freed
+            self._dirty = True
+        self._first = None  # finish times were raised or removed: rescan at the next query
+
+    def _reload(self, slot: int, msg_id: int, rate: float, now: float) -> None:
+        """The next message of a connection takes over its flow's slot and rate, starting now."""
         msg = self._msgs[msg_id]
         msg.slot = slot
         size = float(msg.nbytes)
+        if size <= 0 or rate == math.inf:
+            finish = now  # empty messages and infinite rates finish at once
+        elif rate > 0:
+            finish = now + size / rate
+        else:
+            finish = math.inf
         self._slot_msg[slot] = msg_id
         self._size[slot] = size
         self._rem[slot] = size
-        self._ref[slot] = self.now
+        self._ref[slot] = now
         self._start_seq[slot] = self._seq
         self._seq += 1
-        return size
-
-    def _start(self, msg_id: int) -> None:
-        """A connection becomes busy: a new flow, so the allocation changes."""
-        msg = self._msgs[msg_id]
-        src, dst = msg.src, msg.dst
-        route = self._route(src, dst)
-        if not self._free:
-            self._grow()
-        slot = self._free.pop()
-        self._src[slot], self._dst[slot] = src, dst
-        self._slot_route[slot] = route
-        n = self.n
-        res = (src, n + dst, *(2 * n + k for k in route)) if route else (src, n + dst)
-        self._slot_res[slot] = res
-        size = self._load(slot, msg_id)
-        self._dirty = True
-        rate = 0.0
-        if self.rate_update_s > 0:
-            # scalar arithmetic on Python floats: the same IEEE operations as on NumPy scalars
-            caps, used = self._cap_list, self._used
-            rate = max(min(caps[r] - used[r] for r in res), 0.0)
-            if math.isfinite(rate):
-                for r in res:
-                    used[r] += rate
-        self._rate[slot] = rate
-        self._set_finish_one(slot, rate, size, self.now)
-
-    def _complete(self, slot: int, msg_id: int) -> None:
-        # book the full size, so node counters add up to exactly the message sizes
-        msg = self._msgs[msg_id]
-        size = float(msg.nbytes)  # == _size[slot]
-        self._done_sent[msg.src] += size
-        self._done_recv[msg.dst] += size
-        self._finish_slot(slot, msg_id)
-
-    def _finish_slot(self, slot: int, msg_id: int) -> None:
-        """Remove the head message in ``slot`` and start the next one of its connection.
-
-        The allocation depends only on which connections transmit, so when the connection has a
-        next message it takes over the slot and the rate unchanged: no recomputation needed.
-        """
-        msg = self._msgs.pop(msg_id)
-        del self._by_src[msg.src][msg_id]
-        queue = self._queues[(msg.src, msg.dst)]
-        queue.popleft()
-        if queue:
-            size = self._load(slot, queue[0])
-            self._set_finish_one(slot, float(self._rate[slot]), size, self.now)
-            return
-        del self._queues[(msg.src, msg.dst)]
-        self._slot_msg[slot] = -1
-        self._free.append(slot)
-        if self._first is not None and self._finish[slot] <= self._first:
-            self._first = None
-        self._finish[slot] = np.inf
-        self._dirty = True
-        rate = float(self._rate[slot])
-        if self.rate_update_s > 0 and math.isfinite(rate):
-            used = self._used
-            for r in self._slot_res[slot]:
-                used[r] -= rate  # the freed share idles until the next update
-        self._rate[slot] = 0.0
+        self._finish[slot] = finish
 
     def _grow(self) -> None:
         old = len(self._slot_msg)
