@@ -21,9 +21,7 @@ finishes at the instant it starts.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -70,12 +68,10 @@ def max_min_rates(
     return rates
 
 
-@dataclass(slots=True)
-class _Msg:
-    src: int
-    dst: int
-    nbytes: int
-    slot: int = -1  # index in the flow arrays while transmitting, -1 while queued
+# A pending message is a list [src, dst, nbytes, slot]: slot is its index in the flow arrays
+# while it transmits, -1 while queued. (A list, not a class: one is made per message.)
+_SLOT = 3
+_Msg = list
 
 
 class FlowNetwork:
@@ -131,7 +127,8 @@ class FlowNetwork:
         self.now = 0.0
         self._msgs: dict[int, _Msg] = {}  # pending messages, in enqueue order
         self._by_src: dict[int, dict[int, None]] = {}  # pending ids per sender, in order
-        self._queues: dict[tuple[int, int], deque[int]] = {}
+        # per busy connection, its messages in order (the first one transmits); short lists
+        self._queues: dict[tuple[int, int], list[int]] = {}
         # bytes of finished messages and of the transmitted part of cancelled ones
         # (Python floats: added to once per message)
         self._done_sent = [0.0] * n
@@ -172,18 +169,18 @@ class FlowNetwork:
 
     def rate(self, msg_id: int) -> float:
         """Current rate in bytes/s (0 while queued); KeyError if not pending."""
-        msg = self._msgs[msg_id]
-        if msg.slot < 0:
+        slot = self._msgs[msg_id][_SLOT]
+        if slot < 0:
             return 0.0
         self._refresh()
-        return float(self._rate[msg.slot])
+        return float(self._rate[slot])
 
     def bytes_sent(self, msg_id: int) -> float:
         """Bytes of a pending message transmitted so far; KeyError if not pending."""
-        msg = self._msgs[msg_id]
-        if msg.slot < 0:
+        slot = self._msgs[msg_id][_SLOT]
+        if slot < 0:
             return 0.0
-        return float(self._transmitted(np.array([msg.slot]))[0])
+        return float(self._transmitted(np.array([slot]))[0])
 
     @property
     def sent_by_node(self) -> np.ndarray:
@@ -207,7 +204,7 @@ class FlowNetwork:
 
     def transmitting(self, msg_id: int) -> bool:
         """Whether a pending message has started (it is the head of its connection)."""
-        return self._msgs[msg_id].slot >= 0
+        return self._msgs[msg_id][_SLOT] >= 0
 
     def next_completion_time(self) -> float:
         """When the earliest flow finishes (or a bounded update is due); inf if none."""
@@ -244,11 +241,11 @@ class FlowNetwork:
             by_src = self._by_src[src] = {}
         starts: list[tuple[int, _Msg]] = []  # messages whose connection is idle
         for msg_id, dst, nbytes in zip(msg_ids, dsts, sizes, strict=True):
-            msg = msgs[msg_id] = _Msg(src, dst, nbytes)
+            msg = msgs[msg_id] = [src, dst, nbytes, -1]
             by_src[msg_id] = None
             queue = queues.get((src, dst))
             if queue is None:  # the connection is idle: the message starts at once
-                queues[(src, dst)] = deque((msg_id,))
+                queues[(src, dst)] = [msg_id]
                 starts.append((msg_id, msg))
             else:
                 queue.append(msg_id)
@@ -299,17 +296,18 @@ class FlowNetwork:
             msg = self._msgs.get(msg_id)
             if msg is None:
                 continue
-            if msg.slot < 0:
-                self._queues[(msg.src, msg.dst)].remove(msg_id)
+            src, dst, _, slot = msg
+            if slot < 0:
+                self._queues[(src, dst)].remove(msg_id)
                 del self._msgs[msg_id]
-                del self._by_src[msg.src][msg_id]
+                del self._by_src[src][msg_id]
                 out[msg_id] = 0.0
             else:
-                sent = float(self._transmitted(np.array([msg.slot]))[0])
-                self._done_sent[msg.src] += sent
-                self._done_recv[msg.dst] += sent
+                sent = float(self._transmitted(np.array([slot]))[0])
+                self._done_sent[src] += sent
+                self._done_recv[dst] += sent
                 out[msg_id] = sent
-                self._finish_slots([msg.slot], [msg_id], completed=False)
+                self._finish_slots([slot], [msg_id], completed=False)
         return out
 
     # -- internals -------------------------------------------------------------------------------
@@ -383,13 +381,13 @@ class FlowNetwork:
         inf = math.inf
         ids, srcs, dsts, sizes, rates, finishes = [], [], [], [], [], []
         for slot, (msg_id, msg) in zip(slots, starts, strict=True):
-            msg.slot = slot
-            src, dst = msg.src, msg.dst
+            msg[_SLOT] = slot
+            src, dst, nbytes, _ = msg
             route = self._route(src, dst) if routed else ()
             res = (src, n + dst, *(2 * n + k for k in route)) if route else (src, n + dst)
             slot_route[slot] = route
             slot_res[slot] = res
-            size = float(msg.nbytes)
+            size = float(nbytes)
             rate = 0.0
             if bounded:
                 # max(min(caps[r] - used[r] for r in res), 0.0), spelled out: the same IEEE
@@ -447,15 +445,14 @@ class FlowNetwork:
         now = self.now
         freed: list[int] = []
         for slot, msg_id, rate in zip(slots, msg_ids, self._rate[slots].tolist(), strict=True):
-            msg = msgs.pop(msg_id)
-            src, dst = msg.src, msg.dst
+            src, dst, nbytes, _ = msgs.pop(msg_id)
             if completed:
-                size = float(msg.nbytes)  # == _size[slot]
+                size = float(nbytes)  # == _size[slot]
                 done_sent[src] += size
                 done_recv[dst] += size
             del by_src[src][msg_id]
             queue = queues[(src, dst)]
-            queue.popleft()
+            del queue[0]
             if queue:
                 self._reload(slot, queue[0], rate, now)
                 continue
@@ -475,8 +472,8 @@ class FlowNetwork:
     def _reload(self, slot: int, msg_id: int, rate: float, now: float) -> None:
         """The next message of a connection takes over its flow's slot and rate, starting now."""
         msg = self._msgs[msg_id]
-        msg.slot = slot
-        size = float(msg.nbytes)
+        msg[_SLOT] = slot
+        size = float(msg[2])
         if size <= 0 or rate == math.inf:
             finish = now  # empty messages and infinite rates finish at once
         elif rate > 0:
