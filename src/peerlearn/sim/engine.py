@@ -121,7 +121,7 @@ class Simulator:
             end = self._loop()
         finally:
             gc.unfreeze()
-        self._transmissions_done(self.net.advance_to(end))  # counted as sent, not delivered
+        self._transmissions_done(self.net.advance_rounds(end))  # counted as sent, not delivered
         self.now = end
         if self.last_eval_time < end:
             self._evaluate()
@@ -156,7 +156,7 @@ class Simulator:
             if math.isinf(t_next):  # nothing can happen any more
                 return self.now
             if t_net <= t_event:
-                self._transmissions_done(net.advance_to(t_net))
+                self._transmissions_done(net.advance_rounds(t_net))
                 self.now = t_net
             else:
                 time, seq, item = queue.pop_entry()
@@ -169,23 +169,30 @@ class Simulator:
                     self._dispatch(item)
 
     # -----------------------------------------------------------------------------------------
-    def _transmissions_done(self, completed: list[tuple[int, float]]) -> None:
+    def _transmissions_done(self, rounds: list[tuple[float, list[int]]]) -> None:
         """Schedule the delivery of messages whose last byte has left, latency later.
 
-        Messages delivered at the same instant share one queue entry, in completion order. One
-        entry per message, pushed in this order, would pop in the same order: their keys are
-        consecutive, so nothing else can come between two of them at the same time.
+        ``rounds``: ids by finishing time, from ``FlowNetwork.advance_rounds``. Messages
+        delivered at the same instant share one queue entry, in completion order. One entry per
+        message, pushed in this order, would pop in the same order: their keys are consecutive,
+        so nothing else can come between two of them at the same time.
         """
+        lat = self.net.uniform_latency
+        if lat is not None:  # one delivery time per round
+            for finish, ids in rounds:
+                self.queue.push(finish + lat, (_DELIVER, ids))
+            return
         messages, latency = self.messages, self.net.latency
         batches: dict[float, list[int]] = {}
-        for msg_id, finish in completed:
-            msg = messages[msg_id][0]
-            t = finish + latency(msg.src, msg.dst)
-            batch = batches.get(t)
-            if batch is None:
-                batches[t] = [msg_id]
-            else:
-                batch.append(msg_id)
+        for finish, ids in rounds:
+            for msg_id in ids:
+                msg = messages[msg_id][0]
+                t = finish + latency(msg.src, msg.dst)
+                batch = batches.get(t)
+                if batch is None:
+                    batches[t] = [msg_id]
+                else:
+                    batch.append(msg_id)
         for t, ids in batches.items():
             self.queue.push(t, (_DELIVER, ids))
 

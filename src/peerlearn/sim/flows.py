@@ -161,6 +161,11 @@ class FlowNetwork:
 
     # -- queries ---------------------------------------------------------------------------------
 
+    @property
+    def uniform_latency(self) -> float | None:
+        """The delay of every pair when they all have the same one, else None."""
+        return self._latency_all
+
     def latency(self, src: int, dst: int) -> float:
         """Propagation delay added by the engine after a message's last byte is sent."""
         if self._latency_all is not None:
@@ -263,9 +268,13 @@ class FlowNetwork:
 
     def advance_to(self, t: float) -> list[tuple[int, float]]:
         """Transmit from ``now`` to ``t``; return the messages finished by ``t`` as (id, time)."""
+        return [(msg_id, time) for time, ids in self.advance_rounds(t) for msg_id in ids]
+
+    def advance_rounds(self, t: float) -> list[tuple[float, list[int]]]:
+        """``advance_to``, its messages grouped by finishing time: [(time, ids in order)]."""
         if not math.isfinite(t) or t < self.now:
             raise ValueError(f"cannot advance from {self.now} to {t}")
-        done: list[tuple[int, float]] = []
+        done: list[tuple[float, list[int]]] = []
         while True:
             self._refresh()
             first = self._first_finish()
@@ -281,7 +290,7 @@ class FlowNetwork:
                 finished = finished[np.argsort(self._start_seq[finished], kind="stable")]
             ids = self._slot_msg[finished].tolist()
             self._finish_slots(finished.tolist(), ids, completed=True)
-            done += [(msg_id, now) for msg_id in ids]
+            done.append((now, ids))
         self.now = t
         return done
 
