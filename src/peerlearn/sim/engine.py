@@ -246,6 +246,8 @@ class Simulator:
         if proto.finished:
             return False
         actions = proto.handle(event)
+        if not actions:  # most deliveries
+            return False
         sends: list[Send] = []
         for action in actions:
             if type(action) is Send:  # most actions are sends: no pattern matching for them
@@ -257,7 +259,7 @@ class Simulator:
             self._act(node, proto, action)
         if sends:
             self._send_many(node, sends)
-        return bool(actions)
+        return True
 
     def _send_many(self, node: int, sends: list[Send]) -> None:
         """Queue a node's consecutive sends: each a message on its connection, as one batch."""

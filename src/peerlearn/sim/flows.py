@@ -117,6 +117,12 @@ class FlowNetwork:
         # one delay for every pair, or rows of Python floats (looked up once per message)
         self._latency_all: float | None = float(lat) if lat.ndim == 0 else None
         self._latency_rows: list[list[float]] = lat.tolist() if lat.ndim == 2 else []
+        # the one delay of every pair of distinct nodes (messages never go to self), if any
+        self._latency_uniform = self._latency_all
+        if lat.ndim == 2 and n > 1:
+            off_diagonal = lat[~np.eye(n, dtype=bool)]
+            if np.all(off_diagonal == off_diagonal[0]):
+                self._latency_uniform = float(off_diagonal[0])
         # Resources: uplink i -> i, downlink j -> n + j, shared link k -> 2n + k.
         self._caps = np.concatenate([up, down, link_caps])
         self._cap_list: list[float] = self._caps.tolist()  # for scalar use on the hot path
@@ -163,8 +169,8 @@ class FlowNetwork:
 
     @property
     def uniform_latency(self) -> float | None:
-        """The delay of every pair when they all have the same one, else None."""
-        return self._latency_all
+        """The delay between any two distinct nodes when they all have the same one, else None."""
+        return self._latency_uniform
 
     def latency(self, src: int, dst: int) -> float:
         """Propagation delay added by the engine after a message's last byte is sent."""
