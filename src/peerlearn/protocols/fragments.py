@@ -194,11 +194,12 @@ class FragmentGossip(Protocol):
             # advanced indexing copies: a snapshot
             values = x[idx] if xn is None else torch.from_numpy(xn[self._frag_np[k]])
             payload = FragmentPayload(k, values)
-            for j in sample_peers(rng, self.ctx.n_nodes, self.ctx.node, self.fanout):
-                pairs.append((int(j), payload))
+            for j in sample_peers(rng, self.ctx.n_nodes, self.ctx.node, self.fanout).tolist():
+                pairs.append((j, payload))
+        it = self.iteration
         return [
-            Send(pairs[i][0], "fragment", self.iteration, pairs[i][1])
-            for i in rng.permutation(len(pairs))
+            Send(pairs[i][0], "fragment", it, pairs[i][1])
+            for i in rng.permutation(len(pairs)).tolist()
         ]
 
     def _aggregate(self) -> list[Action]:

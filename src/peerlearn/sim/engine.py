@@ -203,29 +203,25 @@ class Simulator:
         transmission completes (or a rate update is due) first; that can only change when a
         protocol acted. Then the rest goes back into the queue under the same key.
         """
+        messages, log = self.messages, self.message_log
+        delivered, data_b, meta_b, received = self._delivered_bytes
         last = len(ids) - 1
         for k, msg_id in enumerate(ids):
-            if self._deliver(msg_id) and k < last:
+            msg, nbytes, data, meta = messages.pop(msg_id)
+            src, dst = msg.src, msg.dst
+            delivered[src] += nbytes
+            data_b[src] += data
+            meta_b[src] += meta
+            received[dst] += nbytes
+            self.messages_delivered += 1
+            if log is not None:
+                log.append((src, dst, msg.kind, msg.iteration, nbytes, msg.sent_at, self.now))
+            if self._feed(dst, MessageArrived(msg)) and k < last:
                 if self.finished == self.n:
                     return
                 if self.net.next_completion_time() <= time:
                     self.queue.requeue(time, seq, (_DELIVER, ids[k + 1 :]))
                     return
-
-    def _deliver(self, msg_id: int) -> bool:
-        """Hand a message to its receiver; whether the receiver asked for any action."""
-        msg, nbytes, data, meta = self.messages.pop(msg_id)
-        delivered, data_b, meta_b, received = self._delivered_bytes
-        delivered[msg.src] += nbytes
-        data_b[msg.src] += data
-        meta_b[msg.src] += meta
-        received[msg.dst] += nbytes
-        self.messages_delivered += 1
-        if self.message_log is not None:
-            self.message_log.append(
-                (msg.src, msg.dst, msg.kind, msg.iteration, nbytes, msg.sent_at, self.now)
-            )
-        return self._feed(msg.dst, MessageArrived(msg))
 
     def _dispatch(self, item: tuple) -> None:
         kind = item[0]

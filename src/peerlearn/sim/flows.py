@@ -250,18 +250,18 @@ class FlowNetwork:
         by_src = self._by_src.get(src)
         if by_src is None:
             by_src = self._by_src[src] = {}
-        starts: list[tuple[int, _Msg]] = []  # messages whose connection is idle
+        starts: list[tuple[int, int, _Msg]] = []  # (id, dst, message) of idle connections
         for msg_id, dst, nbytes in zip(msg_ids, dsts, sizes, strict=True):
             msg = msgs[msg_id] = [src, dst, nbytes, -1]
             by_src[msg_id] = None
             queue = queues.get((src, dst))
             if queue is None:  # the connection is idle: the message starts at once
                 queues[(src, dst)] = [msg_id]
-                starts.append((msg_id, msg))
+                starts.append((msg_id, dst, msg))
             else:
                 queue.append(msg_id)
         if starts:
-            self._start_many(starts)
+            self._start_many(src, starts)
 
     def skip_to(self, t: float) -> None:
         """Move the clock to ``t``, when nothing can happen before it.
@@ -380,8 +380,8 @@ class FlowNetwork:
             slots += chunk
         return slots
 
-    def _start_many(self, starts: list[tuple[int, _Msg]]) -> None:
-        """Connections become busy: new flows, so the allocation changes.
+    def _start_many(self, src: int, starts: list[tuple[int, int, _Msg]]) -> None:
+        """Connections of ``src`` become busy: new flows, so the allocation changes.
 
         Per flow this is scalar bookkeeping in Python floats (in bounded mode, each new flow takes
         what is left on its path after the flows started before it, in order); the flow arrays
@@ -394,28 +394,33 @@ class FlowNetwork:
         slot_route, slot_res = self._slot_route, self._slot_res
         routed = self._route_fn is not None
         inf = math.inf
-        ids, srcs, dsts, sizes, rates, finishes = [], [], [], [], [], []
-        for slot, (msg_id, msg) in zip(slots, starts, strict=True):
-            msg[_SLOT] = slot
-            src, dst, nbytes, _ = msg
+        ids, dsts, sizes, rates, finishes = [], [], [], [], []
+        for slot, (msg_id, dst, msg) in zip(slots, starts, strict=True):
+            msg[3] = slot  # _SLOT
             route = self._route(src, dst) if routed else ()
-            res = (src, n + dst, *(2 * n + k for k in route)) if route else (src, n + dst)
+            down = n + dst
+            res = (src, down, *(2 * n + k for k in route)) if route else (src, down)
             slot_route[slot] = route
             slot_res[slot] = res
-            size = float(nbytes)
+            size = float(msg[2])
             rate = 0.0
             if bounded:
                 # max(min(caps[r] - used[r] for r in res), 0.0), spelled out: the same IEEE
-                # operations and the same choice among ties as min() and max()
+                # operations, in the same order, and the same choice among ties
                 rate = caps[src] - used[src]
-                for r in res[1:]:
+                left = caps[down] - used[down]
+                if left < rate:
+                    rate = left
+                for r in res[2:]:
                     left = caps[r] - used[r]
                     if left < rate:
                         rate = left
                 if rate < 0.0:
                     rate = 0.0
                 if rate < inf:
-                    for r in res:
+                    used[src] += rate
+                    used[down] += rate
+                    for r in res[2:]:
                         used[r] += rate
             if size <= 0 or rate == inf:
                 finish = now  # empty messages and infinite rates finish at once
@@ -424,14 +429,13 @@ class FlowNetwork:
             else:
                 finish = inf
             ids.append(msg_id)
-            srcs.append(src)
             dsts.append(dst)
             sizes.append(size)
             rates.append(rate)
             finishes.append(finish)
         idx = np.array(slots, dtype=np.int64)
         self._slot_msg[idx] = ids
-        self._src[idx] = srcs
+        self._src[idx] = src
         self._dst[idx] = dsts
         self._size[idx] = sizes
         self._rem[idx] = sizes
