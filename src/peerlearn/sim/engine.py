@@ -89,8 +89,8 @@ class Simulator:
         self.stop_time = cfg.stop.virtual_time_s if cfg.stop.virtual_time_s else math.inf
         self.protocols: list[Protocol] = [setup.protocol(i, self.models[i]) for i in range(self.n)]
         self.jobs: dict[int, _Job] = {}
-        # pending message id -> (message, nbytes, data bytes, meta bytes), sized once at the send
-        self.messages: dict[int, tuple[Message, int, int, int]] = {}
+        # pending message id -> (message, (nbytes, data bytes, meta bytes)), sized once per payload
+        self.messages: dict[int, tuple[Message, tuple[int, int, int]]] = {}
         self._next_msg_id = 0
         self.counters = ByteCounters(self.n)
         # Delivered bytes per node (delivered, data, meta, received) as Python ints, added to
@@ -207,7 +207,7 @@ class Simulator:
         delivered, data_b, meta_b, received = self._delivered_bytes
         last = len(ids) - 1
         for k, msg_id in enumerate(ids):
-            msg, nbytes, data, meta = messages.pop(msg_id)
+            msg, (nbytes, data, meta) = messages.pop(msg_id)
             src, dst = msg.src, msg.dst
             delivered[src] += nbytes
             data_b[src] += data
@@ -276,7 +276,7 @@ class Simulator:
             size = sized.get(id(payload))
             if size is None:
                 size = sized[id(payload)] = (msg.nbytes, msg.data_bytes, msg.meta_bytes)
-            messages[msg_id] = (msg, *size)
+            messages[msg_id] = (msg, size)
             dests.append(action.dest)
             sizes.append(size[0])
             msg_id += 1

@@ -477,9 +477,12 @@ class FlowNetwork:
                 continue
             del queues[(src, dst)]
             freed.append(slot)
-            if bounded and math.isfinite(rate):
-                for r in slot_res[slot]:
-                    used[r] -= rate  # the freed share idles until the next update
+            if bounded and math.isfinite(rate):  # the freed share idles until the next update
+                res = slot_res[slot]
+                used[src] -= rate  # res[0]
+                used[res[1]] -= rate
+                for r in res[2:]:
+                    used[r] -= rate
         if freed:
             self._slot_msg[freed] = -1
             self._finish[freed] = np.inf
