@@ -259,14 +259,13 @@ class Simulator:
 
     def _send_many(self, node: int, sends: list[Send]) -> None:
         """Queue a node's consecutive sends: each a message on its connection, as one batch."""
-        n = self.n
-        for action in sends:
-            if action.dest == node or not 0 <= action.dest < n:
-                raise ValueError(f"node {node} sends to invalid destination {action.dest}")
+        dests = [action.dest for action in sends]
+        if node in dests or min(dests) < 0 or max(dests) >= self.n:
+            bad = next(d for d in dests if d == node or not 0 <= d < self.n)
+            raise ValueError(f"node {node} sends to invalid destination {bad}")
         messages, now = self.messages, self.now
         first = msg_id = self._next_msg_id
         sized: dict[int, tuple[int, int, int]] = {}  # id(payload) -> sizes; payloads are shared
-        dests: list[int] = []
         sizes: list[int] = []
         for action in sends:
             payload = action.payload
@@ -277,7 +276,6 @@ class Simulator:
             if size is None:
                 size = sized[id(payload)] = (msg.nbytes, msg.data_bytes, msg.meta_bytes)
             messages[msg_id] = (msg, size)
-            dests.append(action.dest)
             sizes.append(size[0])
             msg_id += 1
         self._next_msg_id = msg_id

@@ -237,13 +237,19 @@ class FlowNetwork:
         flows of idle connections together. All messages are checked before any is queued.
         """
         n = self.n
-        for msg_id, dst, nbytes in zip(msg_ids, dsts, sizes, strict=True):
-            if msg_id in self._msgs:
-                raise ValueError(f"message {msg_id} is already pending")
-            if not (0 <= src < n and 0 <= dst < n) or src == dst:
-                raise ValueError(f"bad pair ({src}, {dst}) for {n} nodes")
-            if nbytes < 0:
-                raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+        if not len(msg_ids) == len(dsts) == len(sizes):
+            raise ValueError("msg_ids, dsts and sizes must have one length")
+        if not msg_ids:
+            return
+        # checked with builtins over the whole batch (cheap); the culprit is found on failure
+        if not self._msgs.keys().isdisjoint(msg_ids):
+            dup = next(m for m in msg_ids if m in self._msgs)
+            raise ValueError(f"message {dup} is already pending")
+        if not 0 <= src < n or src in dsts or min(dsts) < 0 or max(dsts) >= n:
+            dst = next(d for d in dsts if not (0 <= src < n and 0 <= d < n) or src == d)
+            raise ValueError(f"bad pair ({src}, {dst}) for {n} nodes")
+        if min(sizes) < 0:
+            raise ValueError(f"nbytes must be >= 0, got {min(sizes)}")
         if len(set(msg_ids)) != len(msg_ids):
             raise ValueError(f"message ids repeat in {msg_ids}")
         msgs, queues = self._msgs, self._queues
