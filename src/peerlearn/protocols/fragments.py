@@ -137,8 +137,8 @@ class FragmentGossip(Protocol):
         self.fragments = fragment_partition(layout_sizes(ctx), self.n_fragments, ctx.run_seed)
         self.frag_len = [len(f) for f in self.fragments]
         self._frag_np = [f.numpy() for f in self.fragments]  # the same indices, for NumPy views
-        # (sender, fragment) -> (iteration tag, values)
-        self.inbox: dict[tuple[int, int], tuple[int, torch.Tensor]] = {}
+        # (sender, fragment) -> (iteration tag, payload)
+        self.inbox: dict[tuple[int, int], tuple[int, FragmentPayload]] = {}
         self.received = 0  # arrivals since the last aggregation, replacements included
         self.stale_ignored = 0  # arrivals older than the copy already waiting
 
@@ -164,7 +164,7 @@ class FragmentGossip(Protocol):
         if waiting is not None and waiting[0] > message.iteration:
             self.stale_ignored += 1
         else:
-            self.inbox[key] = (message.iteration, payload.values)
+            self.inbox[key] = (message.iteration, payload)
         return []
 
     def on_training_done(self, steps: int) -> list[Action]:
@@ -194,11 +194,12 @@ class FragmentGossip(Protocol):
             # advanced indexing copies: a snapshot
             values = x[idx] if xn is None else torch.from_numpy(xn[self._frag_np[k]])
             payload = FragmentPayload(k, values)
-            for j in sample_peers(rng, self.ctx.n_nodes, self.ctx.node, self.fanout):
-                pairs.append((int(j), payload))
+            for j in sample_peers(rng, self.ctx.n_nodes, self.ctx.node, self.fanout).tolist():
+                pairs.append((j, payload))
+        it = self.iteration
         return [
-            Send(pairs[i][0], "fragment", self.iteration, pairs[i][1])
-            for i in rng.permutation(len(pairs))
+            Send(pairs[i][0], "fragment", it, pairs[i][1])
+            for i in rng.permutation(len(pairs)).tolist()
         ]
 
     def _aggregate(self) -> list[Action]:
@@ -210,22 +211,24 @@ class FragmentGossip(Protocol):
         if self.stale_ignored:
             records.append(Record("stale_ignored", float(self.stale_ignored)))
         if self.inbox:
-            by_fragment: dict[int, list[torch.Tensor]] = defaultdict(list)
-            ages = []
-            for (_, k), (tag, values) in sorted(self.inbox.items(), key=lambda kv: kv[0]):
-                by_fragment[k].append(values)
-                ages.append(self.iteration - tag)
+            by_fragment: dict[int, list[FragmentPayload]] = defaultdict(list)
+            age_sum = 0
+            # keys are unique, so sorting the items compares keys only: (sender, fragment) order
+            for (_, k), (tag, payload) in sorted(self.inbox.items()):
+                by_fragment[k].append(payload)
+                age_sum += self.iteration - tag
             x = self.ctx.model
             xn = numpy_view(x)
             for k in sorted(by_fragment):
                 copies = by_fragment[k]
-                views = [numpy_view(v) for v in copies] if xn is not None else None
+                views = [p.array() for p in copies] if xn is not None else None
                 if views is not None and all(v is not None for v in views):
                     _average_into(xn, self._frag_np[k], views)
                 else:
-                    _average_into(x, self.fragments[k], copies)
-            records.append(Record("aggregation_age_mean", float(np.mean(ages))))
-            records.append(Record("copies_used", float(len(ages))))
+                    _average_into(x, self.fragments[k], [p.values for p in copies])
+            # an exact integer sum over a count: the same float as np.mean of the ages
+            records.append(Record("aggregation_age_mean", age_sum / len(self.inbox)))
+            records.append(Record("copies_used", float(len(self.inbox))))
         self.inbox.clear()
         self.received = 0
         self.stale_ignored = 0

@@ -92,8 +92,8 @@ class Simulator:
         self.stop_time = cfg.stop.virtual_time_s if cfg.stop.virtual_time_s else math.inf
         self.protocols: list[Protocol] = [setup.protocol(i, self.models[i]) for i in range(self.n)]
         self.jobs: dict[int, _Job] = {}
-        # pending message id -> (message, nbytes, data bytes, meta bytes), sized once at the send
-        self.messages: dict[int, tuple[Message, int, int, int]] = {}
+        # pending message id -> (message, (nbytes, data bytes, meta bytes)), sized once per payload
+        self.messages: dict[int, tuple[Message, tuple[int, int, int]]] = {}
         self._next_msg_id = 0
         self.counters = ByteCounters(self.n)
         # Delivered bytes per node (delivered, data, meta, received) as Python ints, added to
@@ -124,7 +124,7 @@ class Simulator:
             end = self._loop()
         finally:
             gc.unfreeze()
-        self._transmissions_done(self.net.advance_to(end))  # counted as sent, not delivered
+        self._transmissions_done(self.net.advance_rounds(end))  # counted as sent, not delivered
         self.now = end
         if self.last_eval_time < end:
             self._evaluate()
@@ -159,38 +159,76 @@ class Simulator:
             if math.isinf(t_next):  # nothing can happen any more
                 return self.now
             if t_net <= t_event:
-                self._transmissions_done(net.advance_to(t_net))
+                self._transmissions_done(net.advance_rounds(t_net))
                 self.now = t_net
             else:
-                time, item = queue.pop()
+                time, seq, item = queue.pop_entry()
                 # nothing finishes and no rate update is due before t_net > time
                 net.skip_to(time)
                 self.now = time
-                self._dispatch(item)
+                if item[0] == _DELIVER:  # the most frequent event
+                    self._deliver_batch(time, seq, item[1])
+                else:
+                    self._dispatch(item)
 
     # -----------------------------------------------------------------------------------------
-    def _transmissions_done(self, completed: list[tuple[int, float]]) -> None:
-        """Schedule the delivery of messages whose last byte has left, latency later."""
-        for msg_id, finish in completed:
-            msg = self.messages[msg_id][0]
-            self.queue.push(finish + self.net.latency(msg.src, msg.dst), (_DELIVER, msg_id))
+    def _transmissions_done(self, rounds: list[tuple[float, list[int]]]) -> None:
+        """Schedule the delivery of messages whose last byte has left, latency later.
+
+        ``rounds``: ids by finishing time, from ``FlowNetwork.advance_rounds``. Messages
+        delivered at the same instant share one queue entry, in completion order. One entry per
+        message, pushed in this order, would pop in the same order: their keys are consecutive,
+        so nothing else can come between two of them at the same time.
+        """
+        lat = self.net.uniform_latency
+        if lat is not None:  # one delivery time per round
+            for finish, ids in rounds:
+                self.queue.push(finish + lat, (_DELIVER, ids))
+            return
+        messages, latency = self.messages, self.net.latency
+        batches: dict[float, list[int]] = {}
+        for finish, ids in rounds:
+            for msg_id in ids:
+                msg = messages[msg_id][0]
+                t = finish + latency(msg.src, msg.dst)
+                batch = batches.get(t)
+                if batch is None:
+                    batches[t] = [msg_id]
+                else:
+                    batch.append(msg_id)
+        for t, ids in batches.items():
+            self.queue.push(t, (_DELIVER, ids))
+
+    def _deliver_batch(self, time: float, seq: int, ids: list[int]) -> None:
+        """Deliver messages due at ``time``, in order, as one event each would.
+
+        Between two of them the event loop would check whether every node is done and whether a
+        transmission completes (or a rate update is due) first; that can only change when a
+        protocol acted. Then the rest goes back into the queue under the same key.
+        """
+        messages, log = self.messages, self.message_log
+        delivered, data_b, meta_b, received = self._delivered_bytes
+        last = len(ids) - 1
+        for k, msg_id in enumerate(ids):
+            msg, (nbytes, data, meta) = messages.pop(msg_id)
+            src, dst = msg.src, msg.dst
+            delivered[src] += nbytes
+            data_b[src] += data
+            meta_b[src] += meta
+            received[dst] += nbytes
+            self.messages_delivered += 1
+            if log is not None:
+                log.append((src, dst, msg.kind, msg.iteration, nbytes, msg.sent_at, self.now))
+            if self._feed(dst, MessageArrived(msg)) and k < last:
+                if self.finished == self.n:
+                    return
+                if self.net.next_completion_time() <= time:
+                    self.queue.requeue(time, seq, (_DELIVER, ids[k + 1 :]))
+                    return
 
     def _dispatch(self, item: tuple) -> None:
         kind = item[0]
-        if kind == _DELIVER:  # the most frequent event
-            msg, nbytes, data, meta = self.messages.pop(item[1])
-            delivered, data_b, meta_b, received = self._delivered_bytes
-            delivered[msg.src] += nbytes
-            data_b[msg.src] += data
-            meta_b[msg.src] += meta
-            received[msg.dst] += nbytes
-            self.messages_delivered += 1
-            if self.message_log is not None:
-                self.message_log.append(
-                    (msg.src, msg.dst, msg.kind, msg.iteration, nbytes, msg.sent_at, self.now)
-                )
-            self._feed(msg.dst, MessageArrived(msg))
-        elif kind == _NODE:
+        if kind == _NODE:
             _, node, event = item
             if isinstance(event, TrainingDone):
                 self._finish_training(node)
@@ -201,27 +239,50 @@ class Simulator:
             if nxt <= self.stop_time:
                 self.queue.push(nxt, (_EVAL, None))
 
-    def _feed(self, node: int, event) -> None:
+    def _feed(self, node: int, event) -> bool:
+        """Hand an event to a node and carry out its actions; whether there were any."""
         proto = self.protocols[node]
         if proto.finished:
-            return
-        for action in proto.handle(event):
+            return False
+        actions = proto.handle(event)
+        if not actions:  # most deliveries
+            return False
+        sends: list[Send] = []
+        for action in actions:
             if type(action) is Send:  # most actions are sends: no pattern matching for them
-                self._send(node, action)
-            else:
-                self._act(node, proto, action)
+                sends.append(action)
+                continue
+            if sends:  # a run of sends goes to the network as one batch, in order
+                self._send_many(node, sends)
+                sends = []
+            self._act(node, proto, action)
+        if sends:
+            self._send_many(node, sends)
+        return True
 
-    def _send(self, node: int, action: Send) -> None:
-        dest = action.dest
-        if dest == node or not 0 <= dest < self.n:
-            raise ValueError(f"node {node} sends to invalid destination {dest}")
-        msg_id = self._next_msg_id
-        self._next_msg_id += 1
-        msg = Message(node, dest, action.kind, action.iteration, action.payload, id=msg_id)
-        msg.sent_at = self.now
-        nbytes = msg.nbytes
-        self.messages[msg_id] = (msg, nbytes, msg.data_bytes, msg.meta_bytes)
-        self.net.enqueue(msg_id, node, dest, nbytes)
+    def _send_many(self, node: int, sends: list[Send]) -> None:
+        """Queue a node's consecutive sends: each a message on its connection, as one batch."""
+        dests = [action.dest for action in sends]
+        if node in dests or min(dests) < 0 or max(dests) >= self.n:
+            bad = next(d for d in dests if d == node or not 0 <= d < self.n)
+            raise ValueError(f"node {node} sends to invalid destination {bad}")
+        messages, now = self.messages, self.now
+        first = msg_id = self._next_msg_id
+        sized: dict[int, tuple[int, int, int]] = {}  # id(payload) -> sizes; payloads are shared
+        sizes: list[int] = []
+        for action in sends:
+            payload = action.payload
+            msg = Message(
+                node, action.dest, action.kind, action.iteration, payload, id=msg_id, sent_at=now
+            )
+            size = sized.get(id(payload))
+            if size is None:
+                size = sized[id(payload)] = (msg.nbytes, msg.data_bytes, msg.meta_bytes)
+            messages[msg_id] = (msg, size)
+            sizes.append(size[0])
+            msg_id += 1
+        self._next_msg_id = msg_id
+        self.net.enqueue_many(node, range(first, msg_id), dests, sizes)
 
     def _flush_delivered_bytes(self) -> None:
         """Add the delivered bytes counted since the last flush to ``counters``."""
@@ -246,7 +307,7 @@ class Simulator:
                 )
                 self.queue.push(done, (_NODE, node, TrainingDone(steps)))
             case Send():
-                self._send(node, action)
+                self._send_many(node, [action])
             case DropPending(before_iteration=before):
                 recall = self.cfg.network.recall_in_flight
                 ids = [

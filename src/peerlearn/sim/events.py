@@ -22,6 +22,14 @@ class EventQueue:
         time, _, item = heapq.heappop(self._heap)
         return time, item
 
+    def pop_entry(self) -> tuple[float, int, Any]:
+        """The next (time, seq, item); ``requeue`` puts back what is left of it in its place."""
+        return heapq.heappop(self._heap)
+
+    def requeue(self, time: float, seq: int, item: Any) -> None:
+        """Push an item under the key of one popped with ``pop_entry``: it keeps its turn."""
+        heapq.heappush(self._heap, (time, seq, item))
+
     def peek_time(self) -> float:
         return self._heap[0][0] if self._heap else math.inf
 

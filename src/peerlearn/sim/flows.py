@@ -21,9 +21,7 @@ finishes at the instant it starts.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -70,12 +68,10 @@ def max_min_rates(
     return rates
 
 
-@dataclass(slots=True)
-class _Msg:
-    src: int
-    dst: int
-    nbytes: int
-    slot: int = -1  # index in the flow arrays while transmitting, -1 while queued
+# A pending message is a list [src, dst, nbytes, slot]: slot is its index in the flow arrays
+# while it transmits, -1 while queued. (A list, not a class: one is made per message.)
+_SLOT = 3
+_Msg = list
 
 
 class FlowNetwork:
@@ -121,6 +117,12 @@ class FlowNetwork:
         # one delay for every pair, or rows of Python floats (looked up once per message)
         self._latency_all: float | None = float(lat) if lat.ndim == 0 else None
         self._latency_rows: list[list[float]] = lat.tolist() if lat.ndim == 2 else []
+        # the one delay of every pair of distinct nodes (messages never go to self), if any
+        self._latency_uniform = self._latency_all
+        if lat.ndim == 2 and n > 1:
+            off_diagonal = lat[~np.eye(n, dtype=bool)]
+            if np.all(off_diagonal == off_diagonal[0]):
+                self._latency_uniform = float(off_diagonal[0])
         # Resources: uplink i -> i, downlink j -> n + j, shared link k -> 2n + k.
         self._caps = np.concatenate([up, down, link_caps])
         self._cap_list: list[float] = self._caps.tolist()  # for scalar use on the hot path
@@ -131,7 +133,8 @@ class FlowNetwork:
         self.now = 0.0
         self._msgs: dict[int, _Msg] = {}  # pending messages, in enqueue order
         self._by_src: dict[int, dict[int, None]] = {}  # pending ids per sender, in order
-        self._queues: dict[tuple[int, int], deque[int]] = {}
+        # per busy connection, its messages in order (the first one transmits); short lists
+        self._queues: dict[tuple[int, int], list[int]] = {}
         # bytes of finished messages and of the transmitted part of cancelled ones
         # (Python floats: added to once per message)
         self._done_sent = [0.0] * n
@@ -164,6 +167,11 @@ class FlowNetwork:
 
     # -- queries ---------------------------------------------------------------------------------
 
+    @property
+    def uniform_latency(self) -> float | None:
+        """The delay between any two distinct nodes when they all have the same one, else None."""
+        return self._latency_uniform
+
     def latency(self, src: int, dst: int) -> float:
         """Propagation delay added by the engine after a message's last byte is sent."""
         if self._latency_all is not None:
@@ -172,18 +180,18 @@ class FlowNetwork:
 
     def rate(self, msg_id: int) -> float:
         """Current rate in bytes/s (0 while queued); KeyError if not pending."""
-        msg = self._msgs[msg_id]
-        if msg.slot < 0:
+        slot = self._msgs[msg_id][_SLOT]
+        if slot < 0:
             return 0.0
         self._refresh()
-        return float(self._rate[msg.slot])
+        return float(self._rate[slot])
 
     def bytes_sent(self, msg_id: int) -> float:
         """Bytes of a pending message transmitted so far; KeyError if not pending."""
-        msg = self._msgs[msg_id]
-        if msg.slot < 0:
+        slot = self._msgs[msg_id][_SLOT]
+        if slot < 0:
             return 0.0
-        return float(self._transmitted(np.array([msg.slot]))[0])
+        return float(self._transmitted(np.array([slot]))[0])
 
     @property
     def sent_by_node(self) -> np.ndarray:
@@ -207,7 +215,7 @@ class FlowNetwork:
 
     def transmitting(self, msg_id: int) -> bool:
         """Whether a pending message has started (it is the head of its connection)."""
-        return self._msgs[msg_id].slot >= 0
+        return self._msgs[msg_id][_SLOT] >= 0
 
     def next_completion_time(self) -> float:
         """When the earliest flow finishes (or a bounded update is due); inf if none."""
@@ -218,23 +226,48 @@ class FlowNetwork:
 
     def enqueue(self, msg_id: int, src: int, dst: int, nbytes: int) -> None:
         """Queue a message at ``now``; it starts at once if its connection is idle."""
-        if msg_id in self._msgs:
-            raise ValueError(f"message {msg_id} is already pending")
-        if not (0 <= src < self.n and 0 <= dst < self.n) or src == dst:
-            raise ValueError(f"bad pair ({src}, {dst}) for {self.n} nodes")
-        if nbytes < 0:
-            raise ValueError(f"nbytes must be >= 0, got {nbytes}")
-        self._msgs[msg_id] = _Msg(src, dst, nbytes)
+        self.enqueue_many(src, (msg_id,), (dst,), (nbytes,))
+
+    def enqueue_many(
+        self, src: int, msg_ids: Sequence[int], dsts: Sequence[int], sizes: Sequence[int]
+    ) -> None:
+        """Queue messages of one sender at ``now``, in order: the same as one ``enqueue`` each.
+
+        One call for a node's burst of sends (DivShare: Ω·r fragments per iteration) starts the
+        flows of idle connections together. All messages are checked before any is queued.
+        """
+        n = self.n
+        if not len(msg_ids) == len(dsts) == len(sizes):
+            raise ValueError("msg_ids, dsts and sizes must have one length")
+        if not msg_ids:
+            return
+        # checked with builtins over the whole batch (cheap); the culprit is found on failure
+        if not self._msgs.keys().isdisjoint(msg_ids):
+            dup = next(m for m in msg_ids if m in self._msgs)
+            raise ValueError(f"message {dup} is already pending")
+        if not 0 <= src < n or src in dsts or min(dsts) < 0 or max(dsts) >= n:
+            dst = next(d for d in dsts if not (0 <= src < n and 0 <= d < n) or src == d)
+            raise ValueError(f"bad pair ({src}, {dst}) for {n} nodes")
+        if min(sizes) < 0:
+            raise ValueError(f"nbytes must be >= 0, got {min(sizes)}")
+        if len(set(msg_ids)) != len(msg_ids):
+            raise ValueError(f"message ids repeat in {msg_ids}")
+        msgs, queues = self._msgs, self._queues
         by_src = self._by_src.get(src)
         if by_src is None:
             by_src = self._by_src[src] = {}
-        by_src[msg_id] = None
-        queue = self._queues.get((src, dst))
-        if queue is None:  # the connection is idle: the message starts at once
-            self._queues[(src, dst)] = deque((msg_id,))
-            self._start(msg_id)
-        else:
-            queue.append(msg_id)
+        starts: list[tuple[int, int, _Msg]] = []  # (id, dst, message) of idle connections
+        for msg_id, dst, nbytes in zip(msg_ids, dsts, sizes, strict=True):
+            msg = msgs[msg_id] = [src, dst, nbytes, -1]
+            by_src[msg_id] = None
+            queue = queues.get((src, dst))
+            if queue is None:  # the connection is idle: the message starts at once
+                queues[(src, dst)] = [msg_id]
+                starts.append((msg_id, dst, msg))
+            else:
+                queue.append(msg_id)
+        if starts:
+            self._start_many(src, starts)
 
     def skip_to(self, t: float) -> None:
         """Move the clock to ``t``, when nothing can happen before it.
@@ -247,9 +280,13 @@ class FlowNetwork:
 
     def advance_to(self, t: float) -> list[tuple[int, float]]:
         """Transmit from ``now`` to ``t``; return the messages finished by ``t`` as (id, time)."""
+        return [(msg_id, time) for time, ids in self.advance_rounds(t) for msg_id in ids]
+
+    def advance_rounds(self, t: float) -> list[tuple[float, list[int]]]:
+        """``advance_to``, its messages grouped by finishing time: [(time, ids in order)]."""
         if not math.isfinite(t) or t < self.now:
             raise ValueError(f"cannot advance from {self.now} to {t}")
-        done: list[tuple[int, float]] = []
+        done: list[tuple[float, list[int]]] = []
         while True:
             self._refresh()
             first = self._first_finish()
@@ -259,12 +296,13 @@ class FlowNetwork:
                 continue
             if first > t:
                 break
-            self.now = max(self.now, first)
+            now = self.now = max(self.now, first)
             finished = np.flatnonzero(self._finish <= first)
-            for slot in finished[np.argsort(self._start_seq[finished], kind="stable")].tolist():
-                msg_id = int(self._slot_msg[slot])
-                self._complete(slot, msg_id)
-                done.append((msg_id, self.now))
+            if len(finished) > 1:
+                finished = finished[np.argsort(self._start_seq[finished], kind="stable")]
+            ids = self._slot_msg[finished].tolist()
+            self._finish_slots(finished.tolist(), ids, completed=True)
+            done.append((now, ids))
         self.now = t
         return done
 
@@ -279,17 +317,18 @@ class FlowNetwork:
             msg = self._msgs.get(msg_id)
             if msg is None:
                 continue
-            if msg.slot < 0:
-                self._queues[(msg.src, msg.dst)].remove(msg_id)
+            src, dst, _, slot = msg
+            if slot < 0:
+                self._queues[(src, dst)].remove(msg_id)
                 del self._msgs[msg_id]
-                del self._by_src[msg.src][msg_id]
+                del self._by_src[src][msg_id]
                 out[msg_id] = 0.0
             else:
-                sent = float(self._transmitted(np.array([msg.slot]))[0])
-                self._done_sent[msg.src] += sent
-                self._done_recv[msg.dst] += sent
+                sent = float(self._transmitted(np.array([slot]))[0])
+                self._done_sent[src] += sent
+                self._done_recv[dst] += sent
                 out[msg_id] = sent
-                self._finish_slot(msg.slot, msg_id)
+                self._finish_slots([slot], [msg_id], completed=False)
         return out
 
     # -- internals -------------------------------------------------------------------------------
@@ -333,95 +372,149 @@ class FlowNetwork:
             self._first = float(self._finish.min()) if len(self._finish) else math.inf
         return self._first
 
-    def _set_finish_one(self, slot: int, rate: float, rem: float, ref: float) -> None:
-        """``_set_finish`` for one flow, from the scalars just stored in its slot (hot path)."""
-        if rem <= 0 or rate == math.inf:
-            finish = ref  # empty messages and infinite rates finish at once
+    def _take_slots(self, k: int) -> list[int]:
+        """``k`` free slots, in the order ``k`` single pops would hand them out."""
+        free = self._free
+        slots: list[int] = []
+        while len(slots) < k:
+            if not free:
+                self._grow()
+            take = min(k - len(slots), len(free))
+            chunk = free[len(free) - take :]
+            del free[len(free) - take :]
+            chunk.reverse()
+            slots += chunk
+        return slots
+
+    def _start_many(self, src: int, starts: list[tuple[int, int, _Msg]]) -> None:
+        """Connections of ``src`` become busy: new flows, so the allocation changes.
+
+        Per flow this is scalar bookkeeping in Python floats (in bounded mode, each new flow takes
+        what is left on its path after the flows started before it, in order); the flow arrays
+        are then written once for the whole batch.
+        """
+        slots = self._take_slots(len(starts))
+        n, now = self.n, self.now
+        bounded = self.rate_update_s > 0
+        caps, used = self._cap_list, self._used
+        slot_route, slot_res = self._slot_route, self._slot_res
+        routed = self._route_fn is not None
+        inf = math.inf
+        ids, dsts, sizes, rates, finishes = [], [], [], [], []
+        for slot, (msg_id, dst, msg) in zip(slots, starts, strict=True):
+            msg[3] = slot  # _SLOT
+            route = self._route(src, dst) if routed else ()
+            down = n + dst
+            res = (src, down, *(2 * n + k for k in route)) if route else (src, down)
+            slot_route[slot] = route
+            slot_res[slot] = res
+            size = float(msg[2])
+            rate = 0.0
+            if bounded:
+                # max(min(caps[r] - used[r] for r in res), 0.0), spelled out: the same IEEE
+                # operations, in the same order, and the same choice among ties
+                rate = caps[src] - used[src]
+                left = caps[down] - used[down]
+                if left < rate:
+                    rate = left
+                for r in res[2:]:
+                    left = caps[r] - used[r]
+                    if left < rate:
+                        rate = left
+                if rate < 0.0:
+                    rate = 0.0
+                if rate < inf:
+                    used[src] += rate
+                    used[down] += rate
+                    for r in res[2:]:
+                        used[r] += rate
+            if size <= 0 or rate == inf:
+                finish = now  # empty messages and infinite rates finish at once
+            elif rate > 0:
+                finish = now + size / rate
+            else:
+                finish = inf
+            ids.append(msg_id)
+            dsts.append(dst)
+            sizes.append(size)
+            rates.append(rate)
+            finishes.append(finish)
+        idx = np.array(slots, dtype=np.int64)
+        self._slot_msg[idx] = ids
+        self._src[idx] = src
+        self._dst[idx] = dsts
+        self._size[idx] = sizes
+        self._rem[idx] = sizes
+        self._ref[idx] = now
+        self._start_seq[idx] = np.arange(self._seq, self._seq + len(slots))
+        self._seq += len(slots)
+        self._rate[idx] = rates
+        self._finish[idx] = finishes
+        if self._first is not None:  # the slots were free (finish = inf): only new minima count
+            self._first = min(self._first, min(finishes))
+        self._dirty = True
+
+    def _finish_slots(self, slots: list[int], msg_ids: list[int], *, completed: bool) -> None:
+        """Remove the head message in each slot, in order, and start the next of its connection.
+
+        ``completed``: the messages finished, so their full sizes are booked (node counters then
+        add up to exactly the message sizes); a cancelled message's partial bytes are booked by
+        the caller. The allocation depends only on which connections transmit, so when a
+        connection has a next message it takes over the slot and the rate unchanged: no
+        recomputation needed.
+        """
+        msgs, by_src, queues = self._msgs, self._by_src, self._queues
+        done_sent, done_recv = self._done_sent, self._done_recv
+        bounded = self.rate_update_s > 0
+        used, slot_res = self._used, self._slot_res
+        now = self.now
+        freed: list[int] = []
+        for slot, msg_id, rate in zip(slots, msg_ids, self._rate[slots].tolist(), strict=True):
+            src, dst, nbytes, _ = msgs.pop(msg_id)
+            if completed:
+                size = float(nbytes)  # == _size[slot]
+                done_sent[src] += size
+                done_recv[dst] += size
+            del by_src[src][msg_id]
+            queue = queues[(src, dst)]
+            del queue[0]
+            if queue:
+                self._reload(slot, queue[0], rate, now)
+                continue
+            del queues[(src, dst)]
+            freed.append(slot)
+            if bounded and math.isfinite(rate):  # the freed share idles until the next update
+                res = slot_res[slot]
+                used[src] -= rate  # res[0]
+                used[res[1]] -= rate
+                for r in res[2:]:
+                    used[r] -= rate
+        if freed:
+            self._slot_msg[freed] = -1
+            self._finish[freed] = np.inf
+            self._rate[freed] = 0.0
+            self._free += freed
+            self._dirty = True
+        self._first = None  # finish times were raised or removed: rescan at the next query
+
+    def _reload(self, slot: int, msg_id: int, rate: float, now: float) -> None:
+        """The next message of a connection takes over its flow's slot and rate, starting now."""
+        msg = self._msgs[msg_id]
+        msg[_SLOT] = slot
+        size = float(msg[2])
+        if size <= 0 or rate == math.inf:
+            finish = now  # empty messages and infinite rates finish at once
         elif rate > 0:
-            finish = ref + rem / rate
+            finish = now + size / rate
         else:
             finish = math.inf
-        old = self._finish[slot]
-        if self._first is not None and finish >= old and old <= self._first:
-            self._first = None  # the slot may have held the minimum and its time went up
-        self._finish[slot] = finish
-        if self._first is not None:
-            self._first = min(self._first, finish)
-
-    def _load(self, slot: int, msg_id: int) -> float:
-        """Put a message at the head of the flow in ``slot``, starting now; its size."""
-        msg = self._msgs[msg_id]
-        msg.slot = slot
-        size = float(msg.nbytes)
         self._slot_msg[slot] = msg_id
         self._size[slot] = size
         self._rem[slot] = size
-        self._ref[slot] = self.now
+        self._ref[slot] = now
         self._start_seq[slot] = self._seq
         self._seq += 1
-        return size
-
-    def _start(self, msg_id: int) -> None:
-        """A connection becomes busy: a new flow, so the allocation changes."""
-        msg = self._msgs[msg_id]
-        src, dst = msg.src, msg.dst
-        route = self._route(src, dst)
-        if not self._free:
-            self._grow()
-        slot = self._free.pop()
-        self._src[slot], self._dst[slot] = src, dst
-        self._slot_route[slot] = route
-        n = self.n
-        res = (src, n + dst, *(2 * n + k for k in route)) if route else (src, n + dst)
-        self._slot_res[slot] = res
-        size = self._load(slot, msg_id)
-        self._dirty = True
-        rate = 0.0
-        if self.rate_update_s > 0:
-            # scalar arithmetic on Python floats: the same IEEE operations as on NumPy scalars
-            caps, used = self._cap_list, self._used
-            rate = max(min(caps[r] - used[r] for r in res), 0.0)
-            if math.isfinite(rate):
-                for r in res:
-                    used[r] += rate
-        self._rate[slot] = rate
-        self._set_finish_one(slot, rate, size, self.now)
-
-    def _complete(self, slot: int, msg_id: int) -> None:
-        # book the full size, so node counters add up to exactly the message sizes
-        msg = self._msgs[msg_id]
-        size = float(msg.nbytes)  # == _size[slot]
-        self._done_sent[msg.src] += size
-        self._done_recv[msg.dst] += size
-        self._finish_slot(slot, msg_id)
-
-    def _finish_slot(self, slot: int, msg_id: int) -> None:
-        """Remove the head message in ``slot`` and start the next one of its connection.
-
-        The allocation depends only on which connections transmit, so when the connection has a
-        next message it takes over the slot and the rate unchanged: no recomputation needed.
-        """
-        msg = self._msgs.pop(msg_id)
-        del self._by_src[msg.src][msg_id]
-        queue = self._queues[(msg.src, msg.dst)]
-        queue.popleft()
-        if queue:
-            size = self._load(slot, queue[0])
-            self._set_finish_one(slot, float(self._rate[slot]), size, self.now)
-            return
-        del self._queues[(msg.src, msg.dst)]
-        self._slot_msg[slot] = -1
-        self._free.append(slot)
-        if self._first is not None and self._finish[slot] <= self._first:
-            self._first = None
-        self._finish[slot] = np.inf
-        self._dirty = True
-        rate = float(self._rate[slot])
-        if self.rate_update_s > 0 and math.isfinite(rate):
-            used = self._used
-            for r in self._slot_res[slot]:
-                used[r] -= rate  # the freed share idles until the next update
-        self._rate[slot] = 0.0
+        self._finish[slot] = finish
 
     def _grow(self) -> None:
         old = len(self._slot_msg)
