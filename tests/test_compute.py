@@ -304,3 +304,49 @@ def test_relu_after_pooling_is_exact():
         out_a.backward(grad)
         out_b.backward(grad)
         assert torch.equal(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("name", ["mlp", "gn_lenet"])
+def test_graphed_step_buffers_match_eager_without_a_gpu(name):
+    # The CUDA-graph path's bookkeeping (padding to a multiple of 8, static buffers, segments of
+    # equal step count, cached captures) with "replay" = call the step again: runs on a CPU
+    from peerlearn.compute.cuda_graph import GraphedSteps, eager_replay
+
+    spec, x, y = make_problem(name)
+    g = torch.Generator().manual_seed(8)
+    init = spec.init_vector()
+    jobs = [
+        TrainJob(
+            init + 0.01 * torch.randn(init.shape, generator=g),
+            torch.randint(0, len(y), (steps, 4), generator=g),
+        )
+        for steps in (3, 1, 4, 2, 3, 5, 5, 1, 2, 4, 3)
+    ]
+    eager = BatchedTrainer(spec, x, y, lr=0.05, max_jobs_per_call=100)
+    graphed = BatchedTrainer(spec, x, y, lr=0.05, max_jobs_per_call=100)
+    graphed._graphs = GraphedSteps(
+        graphed._sgd_step, spec.layout.numel, torch.device("cpu"), capture=eager_replay
+    )
+    want = eager.run(jobs)
+    for _ in range(2):
+        torch.testing.assert_close(graphed.run(jobs), want, rtol=0, atol=1e-6)
+        torch.testing.assert_close(graphed.last_loss, eager.last_loss, rtol=1e-6, atol=1e-7)
+    assert {jobs for jobs, _ in graphed._graphs._graphs} == {8, 16}  # 11 and 9..2 jobs padded
+
+
+def test_failed_capture_falls_back_to_eager_steps():
+    from peerlearn.compute.cuda_graph import GraphCaptureError, GraphedSteps
+
+    def failing(fn, device):
+        raise GraphCaptureError("no graphs here")
+
+    spec, x, y = make_problem("mlp")
+    job = TrainJob(spec.init_vector(), torch.arange(12).view(3, 4))
+    want = BatchedTrainer(spec, x, y, lr=0.1).run([job])
+    trainer = BatchedTrainer(spec, x, y, lr=0.1)
+    cpu = torch.device("cpu")
+    trainer._graphs = GraphedSteps(trainer._sgd_step, spec.layout.numel, cpu, failing)
+    with pytest.warns(UserWarning, match="training eagerly"):
+        got = trainer.run([job])
+    assert trainer._graphs is None
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

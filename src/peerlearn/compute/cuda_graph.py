@@ -24,10 +24,46 @@ class GraphCaptureError(RuntimeError):
 
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (params, idx) -> losses
+Replay = Callable[[], None]
+# records fn (which works on static buffers) once and returns what replays it
+Capture = Callable[[Callable[[], None], torch.device], Replay]
+
+
+def cuda_capture(fn: Callable[[], None], device: torch.device) -> Replay:
+    """Capture ``fn`` as a CUDA graph; its replay reruns the same kernels on the same buffers."""
+    try:
+        # warm-up on a side stream (library handles, autograd state), as capture requires
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+    except RuntimeError as e:
+        raise GraphCaptureError(str(e)) from e
+    return graph.replay
+
+
+def eager_replay(fn: Callable[[], None], device: torch.device) -> Replay:
+    """No graph: "replaying" calls ``fn``. Lets the buffer logic be tested without a GPU."""
+    return fn
 
 
 class _Captured:
-    def __init__(self, step: StepFn, jobs: int, batch: int, numel: int, device: torch.device):
+    """Static buffers for ``jobs`` jobs at batch ``batch`` and the replay of one step on them."""
+
+    def __init__(
+        self,
+        step: StepFn,
+        jobs: int,
+        batch: int,
+        numel: int,
+        device: torch.device,
+        capture: Capture,
+    ) -> None:
         self.params = torch.zeros(jobs, numel, device=device)
         self.idx = torch.zeros(jobs, batch, dtype=torch.int64, device=device)
         self.loss_sum = torch.zeros(jobs, dtype=torch.float64, device=device)
@@ -35,26 +71,17 @@ class _Captured:
         def once() -> None:
             self.loss_sum.add_(step(self.params, self.idx))
 
-        try:
-            # warm-up on a side stream (library handles, autograd state), as capture requires
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for _ in range(3):
-                    once()
-            torch.cuda.current_stream(device).wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                once()
-        except RuntimeError as e:
-            raise GraphCaptureError(str(e)) from e
+        self.replay = capture(once, device)
 
 
 class GraphedSteps:
     """Runs ``steps`` SGD steps of a fixed set of jobs by replaying captured graphs."""
 
-    def __init__(self, step: StepFn, numel: int, device: torch.device) -> None:
+    def __init__(
+        self, step: StepFn, numel: int, device: torch.device, capture: Capture = cuda_capture
+    ) -> None:
         self.step = step
+        self.capture = capture
         self.numel = numel
         self.device = device
         self._graphs: OrderedDict[tuple[int, int], _Captured] = OrderedDict()
@@ -66,7 +93,9 @@ class GraphedSteps:
         else:
             if len(self._graphs) >= MAX_GRAPHS:
                 self._graphs.popitem(last=False)
-            self._graphs[key] = _Captured(self.step, jobs, batch, self.numel, self.device)
+            self._graphs[key] = _Captured(
+                self.step, jobs, batch, self.numel, self.device, self.capture
+            )
         return self._graphs[key]
 
     def run(self, params: torch.Tensor, idx: torch.Tensor, loss_sum: torch.Tensor) -> None:
@@ -80,6 +109,6 @@ class GraphedSteps:
         g.loss_sum.zero_()
         for s in range(steps):
             g.idx[:n].copy_(idx[:, s])
-            g.graph.replay()
+            g.replay()
         params.copy_(g.params[:n])
         loss_sum.add_(g.loss_sum[:n])
