@@ -6,10 +6,18 @@ import pytest
 import torch
 
 from peerlearn.codecs.dense import DenseVector
-from peerlearn.codecs.message import HEADER_BYTES
+from peerlearn.codecs.message import HEADER_BYTES, Message
 from peerlearn.experiment import build_setup
 from peerlearn.protocols import registry
-from peerlearn.protocols.base import DropPending, Protocol, Record, Send, Train
+from peerlearn.protocols.base import (
+    DropPending,
+    Finish,
+    MessageArrived,
+    Protocol,
+    Record,
+    Send,
+    Train,
+)
 from peerlearn.sim.engine import Simulator
 from tests.conftest import small
 
@@ -151,3 +159,29 @@ def test_message_log_times_each_delivery() -> None:
         assert sent == pytest.approx(it * round_time + steps * step_time, rel=1e-9)
         assert delivered - sent == pytest.approx(round_time - steps * step_time, rel=1e-9)
     assert Simulator(build_setup(small("nodes=2"))).run().message_log is None
+
+
+class _StopOnSecondMessage(Protocol):
+    """Counts arrivals; the second one ends the node."""
+
+    def on_start(self):
+        return []
+
+    def on_training_done(self, steps):
+        return []
+
+    def on_message(self, message):
+        self.iteration += 1
+        return [Record("got", float(message.src))] + ([Finish()] if self.iteration == 2 else [])
+
+
+def test_handle_message_is_handle_of_message_arrived() -> None:
+    """The engine's delivery path skips the event object; actions and state must not change."""
+    msgs = [Message(s, 0, "x", 0, DenseVector(torch.zeros(2))) for s in (1, 2, 3)]
+    by_event, direct = (
+        _StopOnSecondMessage(None, None, local_steps=1, max_iterations=None) for _ in range(2)
+    )
+    for m in msgs:
+        assert by_event.handle(MessageArrived(m)) == direct.handle_message(m)
+        assert (by_event.finished, by_event.iteration) == (direct.finished, direct.iteration)
+    assert direct.finished and direct.iteration == 2

@@ -326,6 +326,20 @@ def check_allocation(fn: FlowNetwork, info: dict[int, tuple[int, int]], caps, ro
         ), (m, rate, res_of)
 
 
+def test_pending_of_a_sender_is_in_enqueue_order_across_connections():
+    fn = net([10, 10, 10, 10], [10, 10, 10, 10])
+    fn.enqueue(7, 0, 2, 40)
+    fn.enqueue(3, 0, 1, 40)
+    fn.enqueue(9, 1, 0, 40)
+    fn.enqueue_many(0, [5, 1, 8], [2, 3, 1], [10, 10, 10])
+    assert fn.pending(0) == [7, 3, 5, 1, 8]
+    assert fn.pending(1) == [9]
+    assert fn.pending(2) == []
+    fn.cancel([5, 3])
+    assert fn.pending(0) == [7, 1, 8]
+    assert fn.pending() == [7, 9, 1, 8]
+
+
 @settings(max_examples=150, deadline=None)
 @given(networks())
 def test_property_feasible_max_min_and_conserving(case):

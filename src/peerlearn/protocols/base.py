@@ -162,6 +162,19 @@ class Protocol(ABC):
             self.finished = True
         return actions
 
+    def handle_message(self, message: Message) -> list[Action]:
+        """``handle(MessageArrived(message))`` without building the event.
+
+        The simulator delivers one message per fragment copy, so it calls this directly; a
+        subclass that overrides ``handle`` must override this too.
+        """
+        if self.finished:
+            return []
+        actions = self.on_message(message)
+        if actions and any(isinstance(a, Finish) for a in actions):
+            self.finished = True
+        return actions
+
     @abstractmethod
     def on_start(self) -> list[Action]: ...
 

@@ -68,9 +68,11 @@ def max_min_rates(
     return rates
 
 
-# A pending message is a list [src, dst, nbytes, slot]: slot is its index in the flow arrays
-# while it transmits, -1 while queued. (A list, not a class: one is made per message.)
+# A pending message is a list [src, dst, nbytes, slot, seq]: slot is its index in the flow arrays
+# while it transmits, -1 while queued; seq counts enqueues, so it orders a sender's messages.
+# (A list, not a class: one is made per message.)
 _SLOT = 3
+_SEQ = 4
 _Msg = list
 
 
@@ -132,9 +134,11 @@ class FlowNetwork:
 
         self.now = 0.0
         self._msgs: dict[int, _Msg] = {}  # pending messages, in enqueue order
-        self._by_src: dict[int, dict[int, None]] = {}  # pending ids per sender, in order
-        # per busy connection, its messages in order (the first one transmits); short lists
-        self._queues: dict[tuple[int, int], list[int]] = {}
+        # per sender, its busy connections: receiver -> message ids in order (the first one
+        # transmits). Small dicts and short lists keyed by plain ints: nothing to allocate per
+        # lookup, and a sender's pending messages are exactly what its connections hold.
+        self._conns: dict[int, dict[int, list[int]]] = {}
+        self._enqueued = 0  # enqueues so far: the next message's seq
         # bytes of finished messages and of the transmitted part of cancelled ones
         # (Python floats: added to once per message)
         self._done_sent = [0.0] * n
@@ -211,7 +215,13 @@ class FlowNetwork:
         """Ids of queued or transmitting messages (of ``src`` if given), in enqueue order."""
         if src is None:
             return list(self._msgs)
-        return list(self._by_src.get(src, ()))
+        conns = self._conns.get(src)
+        if not conns:
+            return []
+        msgs = self._msgs
+        ids = [msg_id for queue in conns.values() for msg_id in queue]
+        ids.sort(key=lambda msg_id: msgs[msg_id][_SEQ])
+        return ids
 
     def transmitting(self, msg_id: int) -> bool:
         """Whether a pending message has started (it is the head of its connection)."""
@@ -252,20 +262,22 @@ class FlowNetwork:
             raise ValueError(f"nbytes must be >= 0, got {min(sizes)}")
         if len(set(msg_ids)) != len(msg_ids):
             raise ValueError(f"message ids repeat in {msg_ids}")
-        msgs, queues = self._msgs, self._queues
-        by_src = self._by_src.get(src)
-        if by_src is None:
-            by_src = self._by_src[src] = {}
+        msgs = self._msgs
+        conns = self._conns.get(src)
+        if conns is None:
+            conns = self._conns[src] = {}
+        seq = self._enqueued
         starts: list[tuple[int, int, _Msg]] = []  # (id, dst, message) of idle connections
         for msg_id, dst, nbytes in zip(msg_ids, dsts, sizes, strict=True):
-            msg = msgs[msg_id] = [src, dst, nbytes, -1]
-            by_src[msg_id] = None
-            queue = queues.get((src, dst))
+            msg = msgs[msg_id] = [src, dst, nbytes, -1, seq]
+            seq += 1
+            queue = conns.get(dst)
             if queue is None:  # the connection is idle: the message starts at once
-                queues[(src, dst)] = [msg_id]
+                conns[dst] = [msg_id]
                 starts.append((msg_id, dst, msg))
             else:
                 queue.append(msg_id)
+        self._enqueued = seq
         if starts:
             self._start_many(src, starts)
 
@@ -317,11 +329,10 @@ class FlowNetwork:
             msg = self._msgs.get(msg_id)
             if msg is None:
                 continue
-            src, dst, _, slot = msg
-            if slot < 0:
-                self._queues[(src, dst)].remove(msg_id)
+            src, dst, _, slot, _ = msg
+            if slot < 0:  # queued behind the head: its connection stays busy
+                self._conns[src][dst].remove(msg_id)
                 del self._msgs[msg_id]
-                del self._by_src[src][msg_id]
                 out[msg_id] = 0.0
             else:
                 sent = float(self._transmitted(np.array([slot]))[0])
@@ -463,25 +474,25 @@ class FlowNetwork:
         connection has a next message it takes over the slot and the rate unchanged: no
         recomputation needed.
         """
-        msgs, by_src, queues = self._msgs, self._by_src, self._queues
+        msgs, all_conns = self._msgs, self._conns
         done_sent, done_recv = self._done_sent, self._done_recv
         bounded = self.rate_update_s > 0
         used, slot_res = self._used, self._slot_res
         now = self.now
         freed: list[int] = []
         for slot, msg_id, rate in zip(slots, msg_ids, self._rate[slots].tolist(), strict=True):
-            src, dst, nbytes, _ = msgs.pop(msg_id)
+            src, dst, nbytes, _, _ = msgs.pop(msg_id)
             if completed:
                 size = float(nbytes)  # == _size[slot]
                 done_sent[src] += size
                 done_recv[dst] += size
-            del by_src[src][msg_id]
-            queue = queues[(src, dst)]
+            conns = all_conns[src]
+            queue = conns[dst]
             del queue[0]
             if queue:
                 self._reload(slot, queue[0], rate, now)
                 continue
-            del queues[(src, dst)]
+            del conns[dst]
             freed.append(slot)
             if bounded and math.isfinite(rate):  # the freed share idles until the next update
                 res = slot_res[slot]
