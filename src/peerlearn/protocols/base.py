@@ -145,11 +145,11 @@ class Protocol(ABC):
 
     def handle(self, event: Event) -> list[Action]:
         """Feed one event, get the actions it causes (in order)."""
+        if isinstance(event, MessageArrived):  # the most frequent event
+            return self.handle_message(event.message)
         if self.finished:
             return []
-        match event:  # the most frequent event first
-            case MessageArrived():
-                actions = self.on_message(event.message)
+        match event:
             case Started():
                 actions = self.on_start()
             case TrainingDone():
@@ -158,19 +158,16 @@ class Protocol(ABC):
                 actions = self.on_timer(event.tag)
             case _:
                 raise TypeError(f"unknown event {event!r}")
-        if actions and any(isinstance(a, Finish) for a in actions):
-            self.finished = True
-        return actions
+        return self._note_finish(actions)
 
     def handle_message(self, message: Message) -> list[Action]:
-        """``handle(MessageArrived(message))`` without building the event.
-
-        The simulator delivers one message per fragment copy, so it calls this directly; a
-        subclass that overrides ``handle`` must override this too.
-        """
+        """``handle(MessageArrived(message))``; the simulator calls it directly, without building
+        an event per delivered copy."""
         if self.finished:
             return []
-        actions = self.on_message(message)
+        return self._note_finish(self.on_message(message))
+
+    def _note_finish(self, actions: list[Action]) -> list[Action]:
         if actions and any(isinstance(a, Finish) for a in actions):
             self.finished = True
         return actions

@@ -220,8 +220,6 @@ class Simulator:
                 log.append((src, dst, msg.kind, msg.iteration, nbytes, msg.sent_at, self.now))
             # _feed(dst, MessageArrived(msg)), without building the event
             proto = protocols[dst]
-            if proto.finished:
-                continue
             actions = proto.handle_message(msg)
             if not actions:  # most deliveries
                 continue
@@ -246,16 +244,12 @@ class Simulator:
             if nxt <= self.stop_time:
                 self.queue.push(nxt, (_EVAL, None))
 
-    def _feed(self, node: int, event) -> bool:
-        """Hand an event to a node and carry out its actions; whether there were any."""
+    def _feed(self, node: int, event) -> None:
+        """Hand an event to a node and carry out its actions."""
         proto = self.protocols[node]
-        if proto.finished:
-            return False
         actions = proto.handle(event)
-        if not actions:
-            return False
-        self._carry_out(node, proto, actions)
-        return True
+        if actions:
+            self._carry_out(node, proto, actions)
 
     def _carry_out(self, node: int, proto: Protocol, actions: list) -> None:
         """Carry out a node's actions in order."""
@@ -304,6 +298,7 @@ class Simulator:
             pending[:] = [0] * self.n
 
     def _act(self, node: int, proto: Protocol, action) -> None:
+        """Carry out one action other than ``Send`` (``_carry_out`` batches those)."""
         match action:
             case Train(steps=steps):
                 if node in self.jobs:
@@ -316,8 +311,6 @@ class Simulator:
                     self.cfg.compute.step_time_s, self.setup.compute_factors[node], steps
                 )
                 self.queue.push(done, (_NODE, node, TrainingDone(steps)))
-            case Send():
-                self._send_many(node, [action])
             case DropPending(before_iteration=before):
                 recall = self.cfg.network.recall_in_flight
                 ids = [
