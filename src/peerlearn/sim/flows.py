@@ -71,9 +71,17 @@ def max_min_rates(
 # A pending message is a list [src, dst, nbytes, slot, seq]: slot is its index in the flow arrays
 # while it transmits, -1 while queued; seq counts enqueues, so it orders a sender's messages.
 # (A list, not a class: one is made per message.)
+_NBYTES = 2
 _SLOT = 3
 _SEQ = 4
 _Msg = list
+
+
+def _finish_time(now: float, size: float, rate: float) -> float:
+    """When a flow of ``size`` bytes started at ``now`` at ``rate`` bytes/s ends."""
+    if size <= 0 or rate == math.inf:
+        return now  # empty messages and infinite rates finish at once
+    return now + size / rate if rate > 0 else math.inf
 
 
 class FlowNetwork:
@@ -156,8 +164,8 @@ class FlowNetwork:
         # min of _finish, or None when a finish time was raised or removed and it must be rescanned
         self._first: float | None = math.inf
         self._start_seq = np.zeros(0, dtype=np.int64)  # orders completions that tie in time
-        self._slot_route: list[tuple[int, ...]] = []
-        self._slot_res: list[tuple[int, ...]] = []  # resources crossed: up, down, shared links
+        # per slot, the resources its flow crosses: uplink, downlink, then shared links (2n + k)
+        self._slot_res: list[tuple[int, ...]] = []
         self._free: list[int] = []
         self._seq = 0
         self._dirty = False  # the set of connections changed: rates must be recomputed
@@ -408,18 +416,17 @@ class FlowNetwork:
         n, now = self.n, self.now
         bounded = self.rate_update_s > 0
         caps, used = self._cap_list, self._used
-        slot_route, slot_res = self._slot_route, self._slot_res
+        slot_res = self._slot_res
         routed = self._route_fn is not None
         inf = math.inf
         ids, dsts, sizes, rates, finishes = [], [], [], [], []
         for slot, (msg_id, dst, msg) in zip(slots, starts, strict=True):
-            msg[3] = slot  # _SLOT
+            msg[_SLOT] = slot
             route = self._route(src, dst) if routed else ()
             down = n + dst
             res = (src, down, *(2 * n + k for k in route)) if route else (src, down)
-            slot_route[slot] = route
             slot_res[slot] = res
-            size = float(msg[2])
+            size = float(msg[_NBYTES])
             rate = 0.0
             if bounded:
                 # max(min(caps[r] - used[r] for r in res), 0.0), spelled out: the same IEEE
@@ -439,17 +446,11 @@ class FlowNetwork:
                     used[down] += rate
                     for r in res[2:]:
                         used[r] += rate
-            if size <= 0 or rate == inf:
-                finish = now  # empty messages and infinite rates finish at once
-            elif rate > 0:
-                finish = now + size / rate
-            else:
-                finish = inf
             ids.append(msg_id)
             dsts.append(dst)
             sizes.append(size)
             rates.append(rate)
-            finishes.append(finish)
+            finishes.append(_finish_time(now, size, rate))
         idx = np.array(slots, dtype=np.int64)
         self._slot_msg[idx] = ids
         self._src[idx] = src
@@ -512,20 +513,14 @@ class FlowNetwork:
         """The next message of a connection takes over its flow's slot and rate, starting now."""
         msg = self._msgs[msg_id]
         msg[_SLOT] = slot
-        size = float(msg[2])
-        if size <= 0 or rate == math.inf:
-            finish = now  # empty messages and infinite rates finish at once
-        elif rate > 0:
-            finish = now + size / rate
-        else:
-            finish = math.inf
+        size = float(msg[_NBYTES])
         self._slot_msg[slot] = msg_id
         self._size[slot] = size
         self._rem[slot] = size
         self._ref[slot] = now
         self._start_seq[slot] = self._seq
         self._seq += 1
-        self._finish[slot] = finish
+        self._finish[slot] = _finish_time(now, size, rate)
 
     def _grow(self) -> None:
         old = len(self._slot_msg)
@@ -540,7 +535,6 @@ class FlowNetwork:
         self._size, self._rem, self._ref = ext(self._size, 0), ext(self._rem, 0), ext(self._ref, 0)
         self._rate, self._finish = ext(self._rate, 0), ext(self._finish, np.inf)
         self._start_seq = ext(self._start_seq, 0)
-        self._slot_route.extend([()] * pad)
         self._slot_res.extend([()] * pad)
         self._free.extend(range(new - 1, old - 1, -1))  # pop() hands out low slots first
 
@@ -570,14 +564,11 @@ class FlowNetwork:
         entry_flow = [flows, flows]
         entry_res = [self._src[slots], self.n + self._dst[slots]]
         if self._n_links:
-            routes = [self._slot_route[s] for s in slots]
-            lengths = np.array([len(r) for r in routes], dtype=np.int64)
+            links = [self._slot_res[s][2:] for s in slots]  # shared links, already 2n + k
+            lengths = np.array([len(r) for r in links], dtype=np.int64)
             entry_flow.append(np.repeat(flows, lengths))
             entry_res.append(
-                2 * self.n
-                + np.fromiter(
-                    (k for r in routes for k in r), dtype=np.int64, count=int(lengths.sum())
-                )
+                np.fromiter((k for r in links for k in r), dtype=np.int64, count=int(lengths.sum()))
             )
         e_flow, e_res = np.concatenate(entry_flow), np.concatenate(entry_res)
         rates = max_min_rates(self._caps, e_flow, e_res, len(slots))
