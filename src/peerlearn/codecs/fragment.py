@@ -21,6 +21,18 @@ from peerlearn.codecs.message import Payload
 _META = struct.Struct("<II")
 
 
+def numpy_view(t: torch.Tensor) -> np.ndarray | None:
+    """A NumPy array sharing a float32 CPU tensor's memory, or None (other devices or dtypes).
+
+    Fragments are small slices (hundreds to thousands of values), on which a NumPy gather, add
+    or divide costs a fraction of the torch dispatch overhead; float32 arithmetic is IEEE in
+    both, so results are bit for bit the same.
+    """
+    if t.device.type != "cpu" or t.dtype != torch.float32 or t.requires_grad:
+        return None
+    return t.numpy()
+
+
 @dataclass(eq=False, slots=True)
 class FragmentPayload(Payload):
     """Fragment ``fragment`` of the sender's model; ``values`` in the partition's index order."""
@@ -40,18 +52,11 @@ class FragmentPayload(Payload):
         return 4 * self.values.numel()
 
     def array(self) -> np.ndarray | None:
-        """``values`` as a NumPy array sharing their memory; None unless a float32 CPU tensor.
-
-        Cached: in a simulation every receiver of the payload asks for it (the values are a
-        snapshot nobody writes to). NumPy arithmetic on small fragments costs a fraction of
-        torch's dispatch and is the same IEEE float32 arithmetic.
-        """
-        a = self._array
-        if a is None:
-            v = self.values
-            if v.dtype is torch.float32 and v.is_cpu and not v.requires_grad:
-                a = self._array = v.numpy()
-        return a
+        """``numpy_view(values)``, cached: in a simulation every receiver of the payload asks for
+        it (the values are a snapshot nobody writes to)."""
+        if self._array is None:
+            self._array = numpy_view(self.values)
+        return self._array
 
     @property
     def meta_bytes(self) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from peerlearn.codecs.fragment import FragmentPayload
+from peerlearn.codecs.fragment import FragmentPayload, numpy_view
 from peerlearn.codecs.message import Message
 from peerlearn.protocols.base import (
     Action,
@@ -70,18 +70,6 @@ def fragment_partition(
     if any(s < 0 for s in sizes):
         raise ValueError(f"tensor sizes must be >= 0, got {sizes}")
     return _partition_cached(tuple(int(s) for s in sizes), int(n_fragments), int(seed))
-
-
-def numpy_view(t: torch.Tensor) -> np.ndarray | None:
-    """A NumPy array sharing a float32 CPU tensor's memory, or None (other devices or dtypes).
-
-    Fragments are small slices (hundreds to thousands of values), on which a NumPy gather, add
-    or divide costs a fraction of the torch dispatch overhead; float32 arithmetic is IEEE in
-    both, so results are bit for bit the same.
-    """
-    if t.device.type != "cpu" or t.dtype != torch.float32 or t.requires_grad:
-        return None
-    return t.numpy()
 
 
 def layout_sizes(ctx: NodeContext) -> tuple[int, ...]:
