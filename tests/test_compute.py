@@ -51,20 +51,25 @@ def make_problem(name: str, n: int = 64, seed: int = 0):
     return spec, x, y
 
 
+def random_jobs(spec, n_samples: int, step_counts, seed: int) -> list[TrainJob]:
+    """One job per step count: a perturbed initial vector and random batches of 4."""
+    g = torch.Generator().manual_seed(seed)
+    init = spec.init_vector()
+    return [
+        TrainJob(
+            init + 0.01 * torch.randn(init.shape, generator=g),
+            torch.randint(0, n_samples, (steps, 4), generator=g),
+        )
+        for steps in step_counts
+    ]
+
+
 @pytest.mark.parametrize("name", ["mlp", "gn_lenet", "matrix_factorization"])
 def test_batched_run_equals_reference(name):
     spec, x, y = make_problem(name)
     lr = 0.5 if name == "matrix_factorization" else 0.05
     trainer = BatchedTrainer(spec, x, y, lr=lr, device=DEVICE)
-    g = torch.Generator().manual_seed(7)
-    init = spec.init_vector()
-    jobs = [
-        TrainJob(
-            start=init + 0.01 * torch.randn(init.shape, generator=g),
-            batches=torch.randint(0, len(y), (steps, 4), generator=g),
-        )
-        for steps in (2, 5, 3)
-    ]
+    jobs = random_jobs(spec, len(y), (2, 5, 3), seed=7)
     starts = [job.start.clone() for job in jobs]
     result = trainer.run(jobs)
     assert result.shape == (3, spec.layout.numel)
@@ -79,15 +84,7 @@ def test_batched_run_equals_reference(name):
 @pytest.mark.parametrize("name", ["mlp", "gn_lenet", "matrix_factorization"])
 def test_chunked_and_vmap_paths_give_each_job_its_own_trajectory(name):
     spec, x, y = make_problem(name)
-    g = torch.Generator().manual_seed(3)
-    init = spec.init_vector()
-    jobs = [
-        TrainJob(
-            init + 0.01 * torch.randn(init.shape, generator=g),
-            torch.randint(0, len(y), (steps, 4), generator=g),
-        )
-        for steps in (3, 1, 4, 2, 3)
-    ]
+    jobs = random_jobs(spec, len(y), (3, 1, 4, 2, 3), seed=3)
     whole = BatchedTrainer(spec, x, y, lr=0.05, device=DEVICE, max_jobs_per_call=100)
     want = whole.run(jobs)
     chunked = BatchedTrainer(spec, x, y, lr=0.05, device=DEVICE, max_jobs_per_call=2)
@@ -264,31 +261,6 @@ def test_training_works_inside_no_grad_and_inference_mode():
             torch.testing.assert_close(trainer.run_one_reference(job), expected, rtol=0, atol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", ["mlp", "gn_lenet"])
-def test_cuda_graph_replay_matches_eager(name):
-    # 11 jobs (padded to 16 in the graph), mixed step counts (several captured job counts), and
-    # a second call that replays cached graphs
-    torch.backends.cudnn.allow_tf32 = False
-    spec, x, y = make_problem(name)
-    g = torch.Generator().manual_seed(5)
-    init = spec.init_vector()
-    jobs = [
-        TrainJob(
-            init + 0.01 * torch.randn(init.shape, generator=g),
-            torch.randint(0, len(y), (steps, 4), generator=g),
-        )
-        for steps in (3, 1, 4, 2, 3, 5, 5, 1, 2, 4, 3)
-    ]
-    eager = BatchedTrainer(spec, x, y, lr=0.05, device="cuda", cuda_graphs=False)
-    graphed = BatchedTrainer(spec, x, y, lr=0.05, device="cuda")
-    assert graphed._graphs is not None and eager._graphs is None
-    want = eager.run(jobs)
-    for _ in range(2):
-        torch.testing.assert_close(graphed.run(jobs), want, rtol=0, atol=1e-6)
-        torch.testing.assert_close(graphed.last_loss, eager.last_loss, rtol=1e-6, atol=1e-7)
-
-
 def test_relu_after_pooling_is_exact():
     # GNLeNet's batched path applies ReLU after max pooling: same values and same gradients as
     # the module's ReLU-then-pool, ties at zero included
@@ -306,27 +278,33 @@ def test_relu_after_pooling_is_exact():
         assert torch.equal(a.grad, b.grad)
 
 
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+        ),
+    ],
+)
 @pytest.mark.parametrize("name", ["mlp", "gn_lenet"])
-def test_graphed_step_buffers_match_eager_without_a_gpu(name):
-    # The CUDA-graph path's bookkeeping (padding to a multiple of 8, static buffers, segments of
-    # equal step count, cached captures) with "replay" = call the step again: runs on a CPU
+def test_graphed_steps_match_eager(name, device):
+    # 11 jobs (padded to 16 in the graph), mixed step counts (several captured job counts), and
+    # a second call that replays cached graphs. On a CPU "replay" calls the step again
+    # (eager_replay): the bookkeeping of the CUDA-graph path, tested without a GPU.
     from peerlearn.compute.cuda_graph import GraphedSteps, eager_replay
 
+    torch.backends.cudnn.allow_tf32 = False
     spec, x, y = make_problem(name)
-    g = torch.Generator().manual_seed(8)
-    init = spec.init_vector()
-    jobs = [
-        TrainJob(
-            init + 0.01 * torch.randn(init.shape, generator=g),
-            torch.randint(0, len(y), (steps, 4), generator=g),
-        )
-        for steps in (3, 1, 4, 2, 3, 5, 5, 1, 2, 4, 3)
-    ]
-    eager = BatchedTrainer(spec, x, y, lr=0.05, max_jobs_per_call=100)
-    graphed = BatchedTrainer(spec, x, y, lr=0.05, max_jobs_per_call=100)
-    graphed._graphs = GraphedSteps(
-        graphed._sgd_step, spec.layout.numel, torch.device("cpu"), capture=eager_replay
-    )
+    jobs = random_jobs(spec, len(y), (3, 1, 4, 2, 3, 5, 5, 1, 2, 4, 3), seed=5)
+    kwargs = {"lr": 0.05, "device": device, "max_jobs_per_call": 100}
+    eager = BatchedTrainer(spec, x, y, cuda_graphs=False, **kwargs)
+    graphed = BatchedTrainer(spec, x, y, **kwargs)
+    assert eager._graphs is None and (graphed._graphs is None) == (device == "cpu")
+    if device == "cpu":
+        cpu = torch.device("cpu")
+        graphed._graphs = GraphedSteps(graphed._sgd_step, spec.layout.numel, cpu, eager_replay)
     want = eager.run(jobs)
     for _ in range(2):
         torch.testing.assert_close(graphed.run(jobs), want, rtol=0, atol=1e-6)

@@ -22,9 +22,9 @@ from peerlearn.sim.engine import Simulator
 from tests.conftest import small
 
 
-def test_two_nodes_round_time_by_hand() -> None:
-    k, steps, step_time, mbps, lat_ms = 4, 3, 0.02, 8.0, 5.0
-    cfg = small(
+def two_nodes(k: int, steps: int, step_time: float, mbps: float, lat_ms: float, *extra: str):
+    """Two D-PSGD nodes on one link for ``k`` iterations: round times computable by hand."""
+    return small(
         "nodes=2",
         "topology.kind=full",
         f"stop.iterations={k}",
@@ -33,7 +33,13 @@ def test_two_nodes_round_time_by_hand() -> None:
         f"train.local_steps={steps}",
         f"network.mbps={mbps}",
         f"network.latency_ms={lat_ms}",
+        *extra,
     )
+
+
+def test_two_nodes_round_time_by_hand() -> None:
+    k, steps, step_time, mbps, lat_ms = 4, 3, 0.02, 8.0, 5.0
+    cfg = two_nodes(k, steps, step_time, mbps, lat_ms)
     setup = build_setup(cfg)
     result = Simulator(setup).run()
     p = setup.model.layout.numel
@@ -136,17 +142,7 @@ def test_drop_pending_can_leave_the_message_in_transmission(monkeypatch) -> None
 
 def test_message_log_times_each_delivery() -> None:
     k, steps, step_time, mbps, lat_ms = 3, 3, 0.02, 8.0, 5.0
-    cfg = small(
-        "nodes=2",
-        "topology.kind=full",
-        f"stop.iterations={k}",
-        "stop.virtual_time_s=1000",
-        f"compute.step_time_s={step_time}",
-        f"train.local_steps={steps}",
-        f"network.mbps={mbps}",
-        f"network.latency_ms={lat_ms}",
-        "eval.log_messages=true",
-    )
+    cfg = two_nodes(k, steps, step_time, mbps, lat_ms, "eval.log_messages=true")
     setup = build_setup(cfg)
     result = Simulator(setup).run()
     nbytes = HEADER_BYTES + 4 + 4 * setup.model.layout.numel

@@ -72,11 +72,9 @@ class BatchedTrainer:
         # On a GPU, kernel launches dominate small steps: replay each step as a CUDA graph.
         # (The row-sparse embedding step is already cheap and is left eager.)
         use_graphs = cuda_graphs and self.device.type == "cuda" and self.stacked
-        self._graphs = (
-            GraphedSteps(self._sgd_step, spec.layout.numel, self.device)
-            if use_graphs and not self.row_sparse
-            else None
-        )
+        self._graphs: GraphedSteps | None = None
+        if use_graphs and not self.row_sparse:
+            self._graphs = GraphedSteps(self._sgd_step, spec.layout.numel, self.device)
 
     def _stacked_step(
         self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
