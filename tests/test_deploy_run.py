@@ -76,8 +76,23 @@ def test_local_divshare_deployment(tmp_path: Path, monkeypatch) -> None:
     assert int(log.nbytes.sum()) == summary["bytes"]["delivered"]
     assert set(log.kind) == {"fragment"}
     assert (log.transfer_s > 0).all() and (log.transfer_s < 5).all()
-    # what is unmatched was still in flight when the run stopped (at most a few per node)
-    assert 0 <= summary["deploy"]["messages_log_unmatched"] < 0.2 * len(log)
+    # every frame handed to ZeroMQ was either received or still queued when the run stopped;
+    # how many were queued depends on how far receivers lagged (machine load), so the check is
+    # exact accounting plus TCP order: per link, the received frames are a prefix of the sent
+    unmatched = summary["deploy"]["messages_log_unmatched"]
+    assert summary["deploy"]["messages_sent"] == len(log) + unmatched
+    sent_seq: dict[tuple[int, int], list[int]] = {}
+    recv_seq: dict[tuple[int, int], list[int]] = {}
+    for i in range(4):
+        logs = json.loads((run_dir / "nodes" / f"messages-{i}.json").read_text())
+        for dst, seq, *_ in logs["sent"]:
+            sent_seq.setdefault((i, dst), []).append(seq)
+        for src, seq, *_ in logs["received"]:
+            recv_seq.setdefault((src, i), []).append(seq)
+    for link, seqs in sent_seq.items():
+        assert seqs == list(range(len(seqs))), link
+        got = recv_seq.get(link, [])
+        assert got == list(range(len(got))) and len(got) <= len(seqs), link
 
 
 def test_killed_node_does_not_stop_the_others(tmp_path: Path, monkeypatch) -> None:
