@@ -100,7 +100,7 @@ def test_sample_peers_distinct_and_never_self() -> None:
     for me in range(5):
         for _ in range(50):
             peers = sample_peers(rng, 5, me, 4)
-            assert len(set(peers.tolist())) == 4 and me not in peers.tolist()
+            assert len(set(peers)) == 4 and me not in peers
 
 
 # -- one iteration by hand ------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
@@ -155,6 +157,19 @@ def test_message_log_times_each_delivery() -> None:
         assert sent == pytest.approx(it * round_time + steps * step_time, rel=1e-9)
         assert delivered - sent == pytest.approx(round_time - steps * step_time, rel=1e-9)
     assert Simulator(build_setup(small("nodes=2"))).run().message_log is None
+
+
+def test_run_restores_the_garbage_collector() -> None:
+    """The loop tunes the cyclic collector for its own allocations; the caller gets it back."""
+    before = gc.get_threshold()
+    sim = Simulator(build_setup(two_nodes(2, 2, 0.01, 8.0, 1.0)))
+    seen: list[tuple[int, int, int]] = []
+    loop = sim._loop
+    sim._loop = lambda: (seen.append(gc.get_threshold()), loop())[1]
+    sim.run()
+    assert seen[0][0] > before[0]  # tuned while the loop ran
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
 
 
 class _StopOnSecondMessage(Protocol):

@@ -40,16 +40,26 @@ class FragmentPayload(Payload):
     fragment: int
     values: torch.Tensor
     _array: np.ndarray | None = field(default=None, init=False, repr=False)
+    #: ``values.numel()``, kept: receivers check it on every arrival
+    n_values: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.fragment < 2**32:
             raise ValueError(f"fragment id must fit in uint32, got {self.fragment}")
         if self.values.dim() != 1:
             raise ValueError(f"fragment values must be 1-D, got shape {tuple(self.values.shape)}")
+        self.n_values = self.values.numel()
+
+    @classmethod
+    def of_array(cls, fragment: int, values: np.ndarray) -> FragmentPayload:
+        """A payload over a 1-D float32 NumPy array (shared, not copied), its view already kept."""
+        payload = cls(fragment, torch.from_numpy(values))
+        payload._array = values
+        return payload
 
     @property
     def data_bytes(self) -> int:
-        return 4 * self.values.numel()
+        return 4 * self.n_values
 
     def array(self) -> np.ndarray | None:
         """``numpy_view(values)``, cached: in a simulation every receiver of the payload asks for

@@ -79,10 +79,10 @@ def layout_sizes(ctx: NodeContext) -> tuple[int, ...]:
     return (int(ctx.model.numel()),)
 
 
-def sample_peers(rng: np.random.Generator, n_nodes: int, me: int, count: int) -> np.ndarray:
+def sample_peers(rng: np.random.Generator, n_nodes: int, me: int, count: int) -> list[int]:
     """``count`` distinct peers drawn uniformly from every node but ``me``."""
-    idx = rng.choice(n_nodes - 1, size=count, replace=False)
-    return idx + (idx >= me)
+    # a handful of values: Python ints are cheaper than two more NumPy calls
+    return [i + (i >= me) for i in rng.choice(n_nodes - 1, size=count, replace=False).tolist()]
 
 
 def random_peers_with_replacement(
@@ -140,10 +140,10 @@ class FragmentGossip(Protocol):
         if not isinstance(payload, FragmentPayload):
             raise ValueError(f"node {self.ctx.node}: expected a fragment from {message.src}")
         k = payload.fragment
-        if not 0 <= k < self.n_fragments or payload.values.numel() != self.frag_len[k]:
+        if not 0 <= k < self.n_fragments or payload.n_values != self.frag_len[k]:
             raise ValueError(
                 f"node {self.ctx.node}: fragment {k} from {message.src} with "
-                f"{payload.values.numel()} values does not fit the run's {self.n_fragments} "
+                f"{payload.n_values} values does not fit the run's {self.n_fragments} "
                 "fragments"
             )
         self.received += 1
@@ -180,9 +180,11 @@ class FragmentGossip(Protocol):
         pairs: list[tuple[int, FragmentPayload]] = []
         for k, idx in enumerate(self.fragments):
             # advanced indexing copies: a snapshot
-            values = x[idx] if xn is None else torch.from_numpy(xn[self._frag_np[k]])
-            payload = FragmentPayload(k, values)
-            for j in sample_peers(rng, self.ctx.n_nodes, self.ctx.node, self.fanout).tolist():
+            if xn is None:
+                payload = FragmentPayload(k, x[idx])
+            else:
+                payload = FragmentPayload.of_array(k, xn[self._frag_np[k]])
+            for j in sample_peers(rng, self.ctx.n_nodes, self.ctx.node, self.fanout):
                 pairs.append((j, payload))
         it = self.iteration
         return [

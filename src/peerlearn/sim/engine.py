@@ -45,6 +45,8 @@ from peerlearn.sim.events import EventQueue
 
 # event kinds in the queue
 _NODE, _DELIVER, _EVAL = 0, 1, 2
+#: allocations between first-generation collections during the loop (CPython's default is 700)
+_GC_GEN0_THRESHOLD = 50_000
 
 
 @dataclass
@@ -117,11 +119,16 @@ class Simulator:
             self.queue.push(0.0, (_NODE, i, Started()))
         # The loop allocates millions of short-lived objects, each freed by reference counting,
         # which keeps triggering the cyclic collector; freezing what exists now (datasets, models,
-        # the setup) spares every collection a walk over it. Results do not depend on it.
+        # the setup) spares every collection a walk over it, and a higher first-generation
+        # threshold lets most messages die before a collection sees them (~10% of the engine's
+        # time at 256 nodes). Cycles are still collected; results do not depend on it.
         gc.freeze()
+        threshold = gc.get_threshold()
+        gc.set_threshold(max(threshold[0], _GC_GEN0_THRESHOLD), *threshold[1:])
         try:
             end = self._loop()
         finally:
+            gc.set_threshold(*threshold)
             gc.unfreeze()
         self._transmissions_done(self.net.advance_rounds(end))  # counted as sent, not delivered
         self.now = end
@@ -299,7 +306,9 @@ class Simulator:
 
     def _act(self, node: int, proto: Protocol, action) -> None:
         """Carry out one action other than ``Send`` (``_carry_out`` batches those)."""
-        match action:
+        match action:  # the most frequent first: a protocol records several values per iteration
+            case Record(metric=metric, value=value):
+                self.recorder.add(self.now, node, proto.iteration, metric, value)
             case Train(steps=steps):
                 if node in self.jobs:
                     raise RuntimeError(f"node {node} asked to train while already training")
@@ -325,8 +334,6 @@ class Simulator:
                     self.messages_dropped += 1
             case SetTimer(delay_s=delay, tag=tag):
                 self.queue.push(self.now + delay, (_NODE, node, TimerFired(tag)))
-            case Record(metric=metric, value=value):
-                self.recorder.add(self.now, node, proto.iteration, metric, value)
             case Finish():
                 self.finished += 1
                 self.recorder.add(self.now, node, proto.iteration, "finished", 1.0)

@@ -317,7 +317,7 @@ class FlowNetwork:
             if first > t:
                 break
             now = self.now = max(self.now, first)
-            finished = np.flatnonzero(self._finish <= first)
+            finished = (self._finish <= first).nonzero()[0]
             if len(finished) > 1:
                 finished = finished[np.argsort(self._start_seq[finished], kind="stable")]
             ids = self._slot_msg[finished].tolist()
@@ -388,7 +388,8 @@ class FlowNetwork:
     def _first_finish(self) -> float:
         """The earliest finishing time of any flow, rescanned only when it may have gone up."""
         if self._first is None:
-            self._first = float(self._finish.min()) if len(self._finish) else math.inf
+            # the ufunc itself: ndarray.min adds a Python-level wrapper call per query
+            self._first = float(np.minimum.reduce(self._finish)) if len(self._finish) else math.inf
         return self._first
 
     def _take_slots(self, k: int) -> list[int]:
