@@ -5,10 +5,11 @@ All figures are measured side by side in one run on the same machine and printed
 - sequential: each node trained alone, one after another, with a plain nn.Module + torch.optim.SGD
   (what a one-process-per-node framework does, serialized);
 - batched: peerlearn's BatchedTrainer, all nodes' jobs in one call;
-- ceiling: one model trained alone at batch 64 (samples/s), a practical ceiling on this CPU.
+- ceiling: one model trained alone at batch 64 (samples/s), a practical ceiling on this CPU;
+  ``--single-batches 16 32 64 128 480`` times one model at each of those batch sizes too.
 
     python benchmarks/train_throughput.py [--model gn_lenet|matrix_factorization] [--nodes 60]
-        [--steps 16] [--batch 8] [--device cpu|cuda]
+        [--steps 16] [--batch 8] [--device cpu|cuda] [--single-batches B ...]
 """
 
 from __future__ import annotations
@@ -85,6 +86,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--tf32", action="store_true", help="cuda: TF32 convolutions and matmuls")
+    p.add_argument(
+        "--single-batches",
+        type=int,
+        nargs="+",
+        default=[],
+        help="also time one model alone at these batch sizes (the best any batching could do "
+        "with the same kernels), as ratios to the sequential baseline",
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args()
     # strict float32 unless asked (PyTorch's own default lets cuDNN convolutions use TF32)
@@ -107,6 +116,14 @@ def main() -> None:
     t_big = _time(lambda: trainer.run_one_reference(big), args.repeats, args.device)
     big_sps = args.steps * 64 / t_big
 
+    single: dict[str, float] = {}
+    for b in args.single_batches:  # the same number of samples as one batch-64 run
+        job = TrainJob(
+            init.clone(), torch.randint(0, n_data, (max(1, args.steps * 64 // b), b), generator=g)
+        )
+        t = _time(lambda job=job: trainer.run_one_reference(job), args.repeats, args.device)
+        single[str(b)] = job.batches.numel() / t
+
     res = {
         "model": args.model,
         "device": args.device,
@@ -121,6 +138,9 @@ def main() -> None:
         "batched_vs_sequential": t_seq / t_bat,
         "batched_vs_batch64_ceiling": (samples / t_bat) / big_sps,
     }
+    for b, sps in single.items():
+        res[f"alone_batch{b}_samples_per_s"] = sps
+        res[f"alone_batch{b}_vs_sequential"] = sps / (samples / t_seq)
     if args.model == "gn_lenet":
         res["batched_tflops"] = samples / t_bat * GN_LENET_TRAIN_FLOP / 1e12
     if args.device == "cuda":

@@ -15,7 +15,16 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 CASES = {
     "cpu_ceiling.py": ["--sizes", "64", "--threads", "1", "--steps", "1", "--repeats", "1"],
     "sim_rate.py": ["--nodes", "6", "--virtual-s", "1"],
-    "train_throughput.py": ["--nodes", "2", "--steps", "1", "--repeats", "1"],
+    "train_throughput.py": [
+        "--nodes",
+        "2",
+        "--steps",
+        "1",
+        "--repeats",
+        "1",
+        "--single-batches",
+        "4",
+    ],
     "eval_throughput.py": ["--nodes", "2", "--test", "64", "--batch", "32"],
     "results_digest.py": ["--virtual-s", "0.5"],
     "network_model.py": [
