@@ -75,7 +75,9 @@ def test_local_divshare_deployment(tmp_path: Path, monkeypatch) -> None:
     assert len(log) == summary["messages"]["delivered"]
     assert int(log.nbytes.sum()) == summary["bytes"]["delivered"]
     assert set(log.kind) == {"fragment"}
-    assert (log.transfer_s > 0).all() and (log.transfer_s < 5).all()
+    # sent and received within the run (how long a frame waited depends on the machine's load)
+    assert (log.transfer_s > 0).all() and (log.sent_s >= 0).all()
+    assert (log.delivered_s <= summary["deploy"]["run_wall_s"] + 1).all()
     # every frame handed to ZeroMQ was either received or still queued when the run stopped;
     # how many were queued depends on how far receivers lagged (machine load), so the check is
     # exact accounting plus TCP order: per link, the received frames are a prefix of the sent
