@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from peerlearn.compute import BatchedEvaluator, BatchedTrainer, MinibatchStream, TrainJob
+from peerlearn.compute.precision import use_tf32
 from peerlearn.models import build_model
 
 N_USERS, N_ITEMS = 9, 13
@@ -18,7 +19,7 @@ N_USERS, N_ITEMS = 9, 13
 # float32 (TF32 convolutions would round differently from the per-node reference)
 DEVICE = os.environ.get("PEERLEARN_TEST_DEVICE", "cpu")
 if DEVICE == "cuda":
-    torch.backends.cudnn.allow_tf32 = False
+    use_tf32(False)
 
 
 def make_problem(name: str, n: int = 64, seed: int = 0):
@@ -295,7 +296,7 @@ def test_graphed_steps_match_eager(name, device):
     # (eager_replay): the bookkeeping of the CUDA-graph path, tested without a GPU.
     from peerlearn.compute.cuda_graph import GraphedSteps, eager_replay
 
-    torch.backends.cudnn.allow_tf32 = False
+    use_tf32(False)
     spec, x, y = make_problem(name)
     jobs = random_jobs(spec, len(y), (3, 1, 4, 2, 3, 5, 5, 1, 2, 4, 3), seed=5)
     kwargs = {"lr": 0.05, "device": device, "max_jobs_per_call": 100}

@@ -62,11 +62,6 @@ class BatchedEvaluator:
         self.test_y = test_y.to(self.device)
         self.batch_size = batch_size
         self.node_chunk = node_chunk
-        # Own samples per node; shared samples are broadcast to every node of the chunk.
-        self._own = spec.stacked_forward
-
-    def _shared(self, chunk: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.spec.stacked_forward_shared(chunk, x)
 
     @torch.inference_mode()
     def evaluate(
@@ -118,7 +113,7 @@ class BatchedEvaluator:
         hit_sum = torch.zeros_like(loss_sum)
         for s in range(0, len(idx), self.batch_size):
             b = idx[s : s + self.batch_size]
-            out = self._shared(chunk, self.test_x[b])  # (n, b, ...)
+            out = self.spec.stacked_forward_shared(chunk, self.test_x[b])  # (n, b, ...)
             y = self.test_y[b].expand(n, *self.test_y[b].shape)
             losses, hits = self._per_sample(out, y)
             loss_sum += losses.sum(1)
@@ -144,7 +139,7 @@ class BatchedEvaluator:
         for s in range(0, width, self.batch_size):
             b = idx[:, s : s + self.batch_size]
             m = mask[:, s : s + self.batch_size]
-            out = self._own(chunk, self.test_x[b])
+            out = self.spec.stacked_forward(chunk, self.test_x[b])  # own samples per node
             losses, hits = self._per_sample(out, self.test_y[b])
             loss_sum += torch.where(m, losses, 0.0).sum(1)
             hit_sum += torch.where(m, hits, 0.0).sum(1)

@@ -71,9 +71,8 @@ class BatchedTrainer:
         self.max_jobs_per_call = max(1, max_jobs_per_call) if device == "cpu" else 1 << 30
         # On a GPU, kernel launches dominate small steps: replay each step as a CUDA graph.
         # (The row-sparse embedding step is already cheap and is left eager.)
-        use_graphs = cuda_graphs and self.device.type == "cuda" and self.stacked
         self._graphs: GraphedSteps | None = None
-        if use_graphs and not self.row_sparse:
+        if cuda_graphs and self.device.type == "cuda" and self.stacked and not self.row_sparse:
             self._graphs = GraphedSteps(self._sgd_step, spec.layout.numel, self.device)
 
     def _stacked_step(

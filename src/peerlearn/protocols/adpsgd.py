@@ -56,7 +56,7 @@ def _model_payload(protocol: Protocol, message: Message) -> torch.Tensor:
     if (
         not isinstance(payload, FragmentPayload)
         or payload.fragment != 0
-        or payload.values.numel() != numel
+        or payload.n_values != numel
     ):
         raise ValueError(
             f"node {protocol.ctx.node}: {message.kind!r} from {message.src} must carry a whole "

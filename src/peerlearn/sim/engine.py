@@ -24,6 +24,7 @@ import torch
 
 from peerlearn.codecs.message import Message
 from peerlearn.compute.evaluator import BatchedEvaluator
+from peerlearn.compute.precision import use_tf32
 from peerlearn.compute.trainer import BatchedTrainer, TrainJob
 from peerlearn.experiment import Setup
 from peerlearn.protocols.base import (
@@ -74,8 +75,7 @@ class Simulator:
         self.progress = progress
         torch_device = cfg.compute.device
         if torch_device == "cuda":
-            torch.backends.cudnn.allow_tf32 = cfg.compute.tf32
-            torch.backends.cuda.matmul.allow_tf32 = cfg.compute.tf32
+            use_tf32(cfg.compute.tf32)
         spec = setup.model
         ds = setup.dataset
         init = spec.init_vector()

@@ -18,10 +18,6 @@ class EventQueue:
     def push(self, time: float, item: Any) -> None:
         heapq.heappush(self._heap, (time, next(self._seq), item))
 
-    def pop(self) -> tuple[float, Any]:
-        time, _, item = heapq.heappop(self._heap)
-        return time, item
-
     def pop_entry(self) -> tuple[float, int, Any]:
         """The next (time, seq, item); ``requeue`` puts back what is left of it in its place."""
         return heapq.heappop(self._heap)
