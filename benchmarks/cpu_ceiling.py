@@ -18,68 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 from torch import nn
 
+from common import best_time, layer_macs, matmul_flops, train_flops_per_sample
 from peerlearn.models.zoo import build_model
-
-
-def layer_macs(module: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[str, int]]:
-    """Multiply-adds per sample of each convolution and linear layer, in call order."""
-    macs: list[tuple[str, int]] = []
-
-    def hook(name: str):
-        def record(mod: nn.Module, inputs, output: torch.Tensor) -> None:
-            if isinstance(mod, nn.Conv2d):
-                k = mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
-                macs.append((name, int(output[0].numel()) * k))
-            else:  # nn.Linear
-                macs.append((name, mod.in_features * mod.out_features))
-
-        return record
-
-    handles = [
-        m.register_forward_hook(hook(name))
-        for name, m in module.named_modules()
-        if isinstance(m, nn.Conv2d | nn.Linear)
-    ]
-    try:
-        with torch.no_grad():
-            module(torch.zeros(1, *input_shape))
-    finally:
-        for h in handles:
-            h.remove()
-    return macs
-
-
-def train_flops_per_sample(macs: list[tuple[str, int]]) -> dict[str, int]:
-    forward = 2 * sum(m for _, m in macs)
-    weight_grads = 2 * sum(m for _, m in macs)
-    input_grads = 2 * sum(m for _, m in macs[1:])  # the first layer's input is the data
-    return {
-        "forward": forward,
-        "forward_backward": forward + weight_grads + input_grads,
-        "three_times_forward": 3 * forward,
-    }
-
-
-def _best_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def matmul_gflops(n: int, repeats: int) -> float:
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
-    out = torch.empty(n, n)
-    return 2 * n**3 / _best_time(lambda: torch.mm(a, b, out=out), repeats) / 1e9
 
 
 def lenet_samples_per_s(batch: int, steps: int, repeats: int) -> float:
@@ -97,7 +41,7 @@ def lenet_samples_per_s(batch: int, steps: int, repeats: int) -> float:
             loss_fn(model(x[s]), y[s]).backward()
             opt.step()
 
-    return steps * batch / _best_time(train, repeats)
+    return steps * batch / best_time(train, repeats)
 
 
 def main() -> None:
@@ -126,7 +70,7 @@ def main() -> None:
     try:
         for threads in args.threads:
             torch.set_num_threads(threads)
-            peaks = {n: matmul_gflops(n, args.repeats) for n in args.sizes}
+            peaks = {n: matmul_flops(n, args.repeats) / 1e9 for n in args.sizes}
             peak = max(peaks.values())
             sps = lenet_samples_per_s(args.batch, args.steps, args.repeats)
             achieved = sps * flops["forward_backward"] / 1e9

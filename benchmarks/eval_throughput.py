@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import time
 
 import torch
 
+from common import timed
 from peerlearn.compute.evaluator import BatchedEvaluator
+from peerlearn.compute.precision import use_tf32
 from peerlearn.models.zoo import build_model
 
 
@@ -30,9 +31,7 @@ def main() -> None:
     p.add_argument("--node-chunk", type=int, default=None, help="nodes per call (default: auto)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
-    # strict float32 unless asked (PyTorch's own default lets cuDNN convolutions use TF32)
-    torch.backends.cudnn.allow_tf32 = args.tf32
-    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    use_tf32(args.tf32)  # strict float32 unless asked (PyTorch's default has TF32 convolutions)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.test, 3, 32, 32, generator=g)
     y = torch.randint(0, 10, (args.test,), generator=g)
@@ -54,19 +53,10 @@ def main() -> None:
                 for s in range(0, args.test, args.batch):
                     module(xd[s : s + args.batch]).argmax(1)
 
-    def timed(fn) -> float:
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    ev.evaluate(params[:2])  # warm-up
-    t_bat = timed(lambda: ev.evaluate(params))
-    t_seq = timed(sequential)
-    t_one = timed(lambda: ev.evaluate(params[:1]))
+    ev.evaluate(params[:2])  # warm-up; then one timed call each (the sequential one is long)
+    t_bat = timed(lambda: ev.evaluate(params), args.device)
+    t_seq = timed(sequential, args.device)
+    t_one = timed(lambda: ev.evaluate(params[:1]), args.device)
     samples = args.nodes * args.test
     res = {
         "nodes": args.nodes,

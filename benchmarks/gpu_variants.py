@@ -17,34 +17,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import time
-from collections.abc import Callable
 
 import torch
 
+from common import best_time, gn_lenet_flops
 from peerlearn.compute.evaluator import BatchedEvaluator
+from peerlearn.compute.precision import use_tf32
 from peerlearn.compute.trainer import BatchedTrainer, TrainJob
 from peerlearn.models.zoo import build_model
-
-TRAIN_FLOP = 68.9e6  # GN-LeNet 3x32x32 forward + backward per sample (cpu_ceiling.py)
-EVAL_FLOP = 24.6e6  # forward only
-
-
-def timed(fn: Callable[[], object], repeats: int = 3) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def set_tf32(on: bool) -> None:
-    torch.backends.cudnn.allow_tf32 = on
-    torch.backends.cuda.matmul.allow_tf32 = on
 
 
 def main() -> None:
@@ -54,6 +34,7 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=10_000)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    flops = gn_lenet_flops()
     g = torch.Generator().manual_seed(0)
     n_data = 4096
     x = torch.randn(n_data, 3, 32, 32, generator=g)
@@ -70,10 +51,10 @@ def main() -> None:
     samples = args.nodes * args.steps * 8
     rows: list[dict] = []
     for tf32 in (False, True):
-        set_tf32(tf32)
+        use_tf32(tf32)
         ref_tr = BatchedTrainer(spec, x, y, lr=0.05, device="cuda")
         ref = torch.stack([ref_tr.run_one_reference(j) for j in jobs[:4]])
-        t_seq = timed(lambda tr=ref_tr: [tr.run_one_reference(j) for j in jobs], repeats=1)
+        t_seq = best_time(lambda tr=ref_tr: [tr.run_one_reference(j) for j in jobs], 1, "cuda")
         variants = {
             "graphs": BatchedTrainer(spec, x, y, lr=0.05, device="cuda"),
             "eager": BatchedTrainer(spec, x, y, lr=0.05, device="cuda", cuda_graphs=False),
@@ -81,7 +62,7 @@ def main() -> None:
         }
         for name, tr in variants.items():
             err = (tr.run(jobs)[:4] - ref).abs().max().item()
-            t = timed(lambda tr=tr: tr.run(jobs))
+            t = best_time(lambda tr=tr: tr.run(jobs), 3, "cuda")
             rows.append(
                 {
                     "what": "train",
@@ -90,7 +71,7 @@ def main() -> None:
                     "samples_per_s": samples / t,
                     "sequential_samples_per_s": samples / t_seq,
                     "vs_sequential": t_seq / t,
-                    "tflops": samples * TRAIN_FLOP / t / 1e12,
+                    "tflops": samples * flops["forward_backward"] / t / 1e12,
                     "max_abs_diff_vs_reference": err,
                 }
             )
@@ -100,7 +81,7 @@ def main() -> None:
     ty = torch.randint(0, 10, (args.test,), generator=g)
     params = torch.stack([j.start for j in jobs])
     for tf32 in (False, True):
-        set_tf32(tf32)
+        use_tf32(tf32)
         module = copy.deepcopy(spec.module).cuda()
         txd = tx.cuda()
 
@@ -111,13 +92,13 @@ def main() -> None:
                     for s in range(0, args.test, 500):
                         module(txd[s : s + 500]).argmax(1)
 
-        t_seq = timed(sequential, repeats=1)
+        t_seq = best_time(sequential, 1, "cuda")
         for chunk in (1, 4, 16, 60):
             for batch in (500, 2000):
                 ev = BatchedEvaluator(
                     spec, tx, ty, batch_size=batch, node_chunk=chunk, device="cuda"
                 )
-                t = timed(lambda ev=ev: ev.evaluate(params), repeats=2)
+                t = best_time(lambda ev=ev: ev.evaluate(params), 2, "cuda")
                 n = args.nodes * args.test
                 rows.append(
                     {
@@ -127,7 +108,7 @@ def main() -> None:
                         "samples_per_s": n / t,
                         "sequential_samples_per_s": n / t_seq,
                         "vs_sequential": t_seq / t,
-                        "tflops": n * EVAL_FLOP / t / 1e12,
+                        "tflops": n * flops["forward"] / t / 1e12,
                         "max_abs_diff_vs_reference": float("nan"),
                     }
                 )

@@ -16,40 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
+from common import best_time, gn_lenet_flops, matmul_flops
+from peerlearn.compute.precision import use_tf32
 from peerlearn.compute.trainer import BatchedTrainer, TrainJob
 from peerlearn.models.zoo import build_model
-
-
-def _time(fn, repeats: int, device: str) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def _matmul_rate(device: str, tf32: bool, n: int = 8192) -> float:
-    """FLOP/s of a large float32 matrix product on ``device`` (a practical peak)."""
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    t = _time(lambda: [a @ b for _ in range(5)], 3, device)
-    torch.backends.cuda.matmul.allow_tf32 = before
-    return 5 * 2 * n**3 / t
-
-
-# GN-LeNet on 3x32x32, forward + backward, counted from the layer shapes (cpu_ceiling.py)
-GN_LENET_TRAIN_FLOP = 68.9e6
 
 
 def _data(model: str, n: int, g: torch.Generator):
@@ -96,9 +69,7 @@ def main() -> None:
     )
     p.add_argument("--json", default=None)
     args = p.parse_args()
-    # strict float32 unless asked (PyTorch's own default lets cuDNN convolutions use TF32)
-    torch.backends.cudnn.allow_tf32 = args.tf32
-    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    use_tf32(args.tf32)  # strict float32 unless asked (PyTorch's default has TF32 convolutions)
     g = torch.Generator().manual_seed(0)
     n_data = 4096
     spec, x, y = _data(args.model, n_data, g)
@@ -110,19 +81,21 @@ def main() -> None:
     ]
     samples = args.nodes * args.steps * args.batch
 
-    t_seq = _time(lambda: [trainer.run_one_reference(j) for j in jobs], args.repeats, args.device)
-    t_bat = _time(lambda: trainer.run(jobs), args.repeats, args.device)
-    big = TrainJob(init.clone(), torch.randint(0, n_data, (args.steps, 64), generator=g))
-    t_big = _time(lambda: trainer.run_one_reference(big), args.repeats, args.device)
-    big_sps = args.steps * 64 / t_big
+    t_seq = best_time(
+        lambda: [trainer.run_one_reference(j) for j in jobs], args.repeats, args.device
+    )
+    t_bat = best_time(lambda: trainer.run(jobs), args.repeats, args.device)
 
-    single: dict[str, float] = {}
-    for b in args.single_batches:  # the same number of samples as one batch-64 run
-        job = TrainJob(
-            init.clone(), torch.randint(0, n_data, (max(1, args.steps * 64 // b), b), generator=g)
-        )
-        t = _time(lambda job=job: trainer.run_one_reference(job), args.repeats, args.device)
-        single[str(b)] = job.batches.numel() / t
+    def alone(b: int) -> float:
+        """Samples/s of one model trained alone at batch ``b``, on as many samples as at 64."""
+        batches = torch.randint(0, n_data, (max(1, args.steps * 64 // b), b), generator=g)
+        job = TrainJob(init.clone(), batches)
+        t = best_time(lambda: trainer.run_one_reference(job), args.repeats, args.device)
+        return batches.numel() / t
+
+    # batch 64 is the ceiling; the others (--single-batches) bound what any batching could buy
+    single = {b: alone(b) for b in dict.fromkeys([64, *args.single_batches])}
+    big_sps = single[64]
 
     res = {
         "model": args.model,
@@ -138,14 +111,15 @@ def main() -> None:
         "batched_vs_sequential": t_seq / t_bat,
         "batched_vs_batch64_ceiling": (samples / t_bat) / big_sps,
     }
-    for b, sps in single.items():
-        res[f"alone_batch{b}_samples_per_s"] = sps
-        res[f"alone_batch{b}_vs_sequential"] = sps / (samples / t_seq)
+    for b in args.single_batches:
+        res[f"alone_batch{b}_samples_per_s"] = single[b]
+        res[f"alone_batch{b}_vs_sequential"] = single[b] / (samples / t_seq)
     if args.model == "gn_lenet":
-        res["batched_tflops"] = samples / t_bat * GN_LENET_TRAIN_FLOP / 1e12
+        flop = gn_lenet_flops()["forward_backward"]
+        res["batched_tflops"] = samples / t_bat * flop / 1e12
     if args.device == "cuda":
-        res["matmul_fp32_tflops"] = _matmul_rate("cuda", False) / 1e12
-        res["matmul_tf32_tflops"] = _matmul_rate("cuda", True) / 1e12
+        res["matmul_fp32_tflops"] = matmul_flops(8192, device="cuda") / 1e12
+        res["matmul_tf32_tflops"] = matmul_flops(8192, device="cuda", tf32=True) / 1e12
     for k, v in res.items():
         print(f"{k:>30}: {v:.3f}" if isinstance(v, float) else f"{k:>30}: {v}")
     if args.json:
