@@ -87,22 +87,44 @@ def encode(indices: np.ndarray) -> bytes:
     return head + _U32.pack(n_bits) + np.packbits(bits).tobytes()
 
 
-def decode(buf: bytes | memoryview, offset: int = 0) -> tuple[np.ndarray, int]:
-    """Decode the indices starting at ``offset``; returns (int64 indices, bytes consumed)."""
+def max_bits(limit: int) -> int:
+    """An upper bound on ``nbits`` for strictly increasing indices in [0, limit).
+
+    With gaps summing to less than ``limit``, the bits are largest for equal gaps g, at most
+    limit * max over g of (2 log2 g + 1) / g = 1.501 * limit (at g = 1.92); 2 * limit + 64 leaves
+    room, so an honest block always passes and a forged one cannot ask for more memory.
+    """
+    return 2 * limit + 64
+
+
+def decode(
+    buf: bytes | memoryview, offset: int = 0, *, limit: int | None = None
+) -> tuple[np.ndarray, int]:
+    """Decode the indices starting at ``offset``; returns (int64 indices, bytes consumed).
+
+    ``limit``: indices must lie in [0, limit); the count and bit length are checked against it
+    before anything is allocated (the decoder's work arrays are ~64 bytes per bit).
+    """
     if len(buf) - offset < 4:
         raise ValueError("Elias block truncated (no count)")
     (count,) = _U32.unpack_from(buf, offset)
+    if limit is not None and count > limit:
+        raise ValueError(f"Elias block of {count} indices, at most {limit} allowed")
     if count == 0:
         return np.empty(0, dtype=np.int64), 4
     if len(buf) - offset < 8:
         raise ValueError("Elias block truncated (no first index)")
     (first,) = _U32.unpack_from(buf, offset + 4)
     n_gaps = count - 1
+    if limit is not None and first >= limit:
+        raise ValueError(f"Elias block starts at index {first}, limit {limit}")
     if n_gaps == 0:
         return np.array([first], dtype=np.int64), 8
     if len(buf) - offset < 12:
         raise ValueError("Elias block truncated (no bit count)")
     (n_bits,) = _U32.unpack_from(buf, offset + 8)
+    if limit is not None and n_bits > max_bits(limit):
+        raise ValueError(f"Elias block of {n_bits} bits, more than {limit} indices can take")
     n_bytes = math.ceil(n_bits / 8)
     if len(buf) - offset - 12 < n_bytes:
         raise ValueError("Elias block truncated (bit stream shorter than its length)")
@@ -120,8 +142,9 @@ def decode(buf: bytes | memoryview, offset: int = 0) -> tuple[np.ndarray, int]:
     indices[0] = first
     np.cumsum(gaps, out=indices[1:])
     indices[1:] += first
-    if indices[-1] > _MAX_INDEX:
-        raise ValueError("Elias block decodes to an index >= 2**32")
+    top = _MAX_INDEX if limit is None else limit - 1
+    if indices[-1] > top:
+        raise ValueError(f"Elias block decodes to index {indices[-1]} > {top}")
     if int(starts[-1] + 2 * lg[-1] + 1) != n_bits:
         raise ValueError("Elias block malformed (codes do not fill the stated bit count)")
     return indices, 12 + n_bytes

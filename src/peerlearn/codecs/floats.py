@@ -5,7 +5,13 @@ JWINS sends its values through fpzip at precision 0 (lossless), as the reference
 ``"auto"`` takes fpzip when it imports *and* round-trips a probe bit-exactly, else raw float32.
 The choice is visible (``FloatCodec.name``, ``fpzip_version()``) so a run can record it, and
 each encoded blob is tagged with the codec id by the payload that carries it, so a receiver never
-has to guess.
+has to guess (and a deployed receiver accepts only its run's codec, see ``deploy.wire``).
+
+Decoding counts first: ``count`` reads how many values a blob declares, checking its framing, so a
+receiver can compare that with what it expects before decoding anything. ``Fpzip.decode`` runs
+fpzip's C decoder in this process, which reads past its input and indexes its tables with
+decoded symbols unchecked: a corrupt body (even under a valid header) can crash the process. It is
+for blobs this process made; received ones go through ``deploy.decoder.SandboxedFpzip``.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ from functools import cache
 from typing import Literal
 
 import numpy as np
+
+from peerlearn.codecs.fpzip_header import check_float32_stream
+from peerlearn.codecs.message import PayloadError
 
 FloatCodecChoice = Literal["auto", "fpzip", "raw"]
 
@@ -30,7 +39,18 @@ class FloatCodec(ABC):
     def encode(self, values: np.ndarray) -> bytes: ...
 
     @abstractmethod
-    def decode(self, buf: bytes) -> np.ndarray: ...
+    def count(self, buf: bytes, max_count: int) -> int:
+        """How many values ``buf`` holds, at most ``max_count``, from its framing alone."""
+
+    @abstractmethod
+    def decode(self, buf: bytes, count: int | None = None) -> np.ndarray:
+        """The values; ``count`` (checked) is what the caller expects, if it knows."""
+
+
+def _check_decoded(values: np.ndarray, count: int) -> np.ndarray:
+    if values.size != count:
+        raise PayloadError("bad_count", f"decoded {values.size} values, expected {count}")
+    return values
 
 
 class RawFloat32(FloatCodec):
@@ -42,9 +62,17 @@ class RawFloat32(FloatCodec):
     def encode(self, values: np.ndarray) -> bytes:
         return np.ascontiguousarray(values, dtype="<f4").tobytes()
 
-    def decode(self, buf: bytes) -> np.ndarray:
+    def count(self, buf: bytes, max_count: int) -> int:
         if len(buf) % 4:
-            raise ValueError(f"raw float32 blob of {len(buf)} bytes is not a multiple of 4")
+            raise PayloadError("bad_count", f"raw float32 blob of {len(buf)} bytes")
+        if len(buf) // 4 > max_count:
+            raise PayloadError("bad_count", f"{len(buf) // 4} raw values > {max_count}")
+        return len(buf) // 4
+
+    def decode(self, buf: bytes, count: int | None = None) -> np.ndarray:
+        n = self.count(buf, len(buf) // 4) if count is None else count
+        if len(buf) != 4 * n:
+            raise PayloadError("bad_count", f"raw float32 blob of {len(buf)} bytes, {n} expected")
         return np.frombuffer(buf, dtype="<f4").astype(np.float32)
 
 
@@ -61,12 +89,20 @@ class Fpzip(FloatCodec):
         arr = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
         return b"" if arr.size == 0 else bytes(fpzip.compress(arr, precision=0, order="C"))
 
-    def decode(self, buf: bytes) -> np.ndarray:
+    def count(self, buf: bytes, max_count: int) -> int:
+        return check_float32_stream(buf, max_count) if buf else 0
+
+    def decode(self, buf: bytes, count: int | None = None) -> np.ndarray:
+        """In-process native decoding: only for blobs this process made (see the module doc)."""
         import fpzip
 
+        n = self.count(buf, 2**31 - 1)
+        if count is not None and n != count:
+            raise PayloadError("bad_count", f"fpzip stream of {n} values, expected {count}")
         if not buf:
             return np.empty(0, dtype=np.float32)
-        return np.ascontiguousarray(fpzip.decompress(buf, order="C"), dtype=np.float32).reshape(-1)
+        out = fpzip.decompress(bytes(buf), order="C")
+        return _check_decoded(np.ascontiguousarray(out, dtype=np.float32).reshape(-1), n)
 
 
 RAW = RawFloat32()

@@ -19,6 +19,14 @@ MAGIC = b"PL"
 WIRE_VERSION = 1
 
 
+class PayloadError(ValueError):
+    """A received payload that must be dropped; ``reason`` is the counter the runtime bumps."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
 class Payload(ABC):
     """The body of a message. Sizes are split into model data and metadata."""
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from peerlearn.codecs import elias
 from peerlearn.codecs.floats import RAW, FloatCodec, codec_by_id
-from peerlearn.codecs.message import Payload
+from peerlearn.codecs.message import Payload, PayloadError
 
 _HEAD = struct.Struct("<iB")
 _FULL = 0x01
@@ -66,20 +66,38 @@ class PartialPayload(Payload):
         return _HEAD.pack(self.degree, flags) + self._index_blob + self._value_blob
 
     @classmethod
-    def decode(cls, buf: bytes) -> PartialPayload:
+    def decode(
+        cls, buf: bytes, *, codec: FloatCodec | None = None, max_values: int = 2**31 - 1
+    ) -> PartialPayload:
+        """Parse a payload; every count is checked before anything is decoded.
+
+        ``codec``: the only float codec accepted (a deployed receiver passes its run's, never
+        trusting the flags); None takes the flags' codec, for bytes this process made.
+        ``max_values``: the most values (and the bound on indices) the receiver accepts.
+        """
         if len(buf) < _HEAD.size:
             raise ValueError(f"partial payload of {len(buf)} bytes is malformed")
         degree, flags = _HEAD.unpack_from(buf)
-        codec = codec_by_id(flags >> 4)
+        if flags & ~(0xF0 | _FULL):
+            raise PayloadError("malformed", f"partial payload flags {flags:#x}")
+        if codec is None:
+            codec = codec_by_id(flags >> 4)
+        elif flags >> 4 != codec.codec_id:
+            raise PayloadError(
+                "wrong_codec", f"float codec id {flags >> 4}, this run uses {codec.name}"
+            )
         pos = _HEAD.size
         indices = None
         if not flags & _FULL:
-            indices, used = elias.decode(buf, pos)
+            indices, used = elias.decode(buf, pos, limit=max_values)
             pos += used
         value_blob = bytes(buf[pos:])
-        values = codec.decode(value_blob)
-        if indices is not None and indices.size != values.size:
-            raise ValueError(f"partial payload has {indices.size} indices but {values.size} values")
+        count = codec.count(value_blob, max_values)
+        if indices is not None and indices.size != count:
+            raise PayloadError(
+                "bad_count", f"partial payload has {indices.size} indices but {count} values"
+            )
+        values = codec.decode(value_blob, count)
         # keep the received blobs instead of re-encoding (fpzip is the expensive part)
         payload = object.__new__(cls)
         payload.values = values

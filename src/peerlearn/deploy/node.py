@@ -33,9 +33,11 @@ import torch
 import zmq
 import zmq.asyncio
 
+from peerlearn.codecs.floats import FPZIP, RAW, FloatCodec, float_codec
 from peerlearn.codecs.message import Message
 from peerlearn.compute.evaluator import BatchedEvaluator
 from peerlearn.compute.trainer import BatchedTrainer, TrainJob
+from peerlearn.deploy.decoder import DecoderProcess, SandboxedFpzip
 from peerlearn.deploy.errors import DeployError
 from peerlearn.deploy.wire import (
     ALGORITHM_PAYLOADS,
@@ -75,6 +77,15 @@ def node_of_identity(identity: bytes, n_nodes: int) -> int | None:
         return None
     node = int(identity)
     return node if node < n_nodes else None
+
+
+def run_float_codec(algorithm) -> FloatCodec:
+    """The float codec of this run's partial payloads (as its protocol resolves it), RAW where
+    the algorithm sends none; a receiver accepts no other."""
+    choice = getattr(algorithm, "float_codec", None)
+    if choice is None or getattr(algorithm, "compress", True) is False:  # CHOCO uncompressed
+        return RAW
+    return float_codec(choice)
 
 
 @dataclass
@@ -162,12 +173,16 @@ class NodeRuntime:
         self.stream = setup.stream(node)
         self.proto = setup.protocol(node, self.model)  # the simulator's seeds, see Setup
         d = cfg.deploy
+        codec = run_float_codec(cfg.algorithm)
+        # received fpzip blobs are decoded in a child process: fpzip's C decoder can crash
+        self.decoder = DecoderProcess() if codec is FPZIP else None
         self.limits = WireLimits(
             node=node,
             n_nodes=self.n,
             numel=self.numel,
             allowed=ALGORITHM_PAYLOADS[cfg.algorithm.name],
             max_bytes=d.max_message_bytes or default_max_bytes(self.numel),
+            float_codec=SandboxedFpzip(self.decoder) if self.decoder else codec,
         )
         duration = cfg.stop.virtual_time_s if cfg.stop.virtual_time_s else d.timeout_s
         self.duration = float(duration)
@@ -256,6 +271,8 @@ class NodeRuntime:
         """One throw-away training step and evaluation before the start: the first call of the
         vmapped functions is slow (seconds), and would otherwise delay only the first iteration.
         """
+        if self.decoder is not None:
+            self.decoder.start()  # its imports overlap the warm-up, not the first message
         part = np.asarray(self.setup.partition.train[self.node])
         batch = torch.as_tensor(part[: self.cfg.train.batch_size], dtype=torch.int64)
         self.trainer.run([TrainJob(start=self.model.clone(), batches=batch.unsqueeze(0))])
@@ -272,6 +289,8 @@ class NodeRuntime:
             sock.close(linger=0)
         if self.router is not None:
             self.router.close(linger=0)
+        if self.decoder is not None:
+            self.decoder.close()
 
     # -- main ------------------------------------------------------------------------------------
 

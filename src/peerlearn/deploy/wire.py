@@ -8,7 +8,9 @@ high nibble: payload type) so the 28-byte size, and every simulated byte count, 
 
 Nothing here trusts the bytes: ``decode_message`` checks every field and raises ``WireError``
 naming the reason, which the runtime counts. No pickle, ever: a frame is only ever parsed by the
-fixed struct and the codecs' ``decode``.
+fixed struct and the codecs' ``decode``. Float blobs are decoded only with the run's own float
+codec (``WireLimits.float_codec``), whatever codec a frame's flags name; a deployed node's fpzip
+is ``deploy.decoder.SandboxedFpzip``, which never runs fpzip's C decoder in the node's process.
 """
 
 from __future__ import annotations
@@ -19,8 +21,17 @@ import numpy as np
 import torch
 
 from peerlearn.codecs.dense import DenseVector
+from peerlearn.codecs.floats import RAW, FloatCodec
 from peerlearn.codecs.fragment import FragmentPayload
-from peerlearn.codecs.message import HEADER, HEADER_BYTES, MAGIC, WIRE_VERSION, Message, Payload
+from peerlearn.codecs.message import (
+    HEADER,
+    HEADER_BYTES,
+    MAGIC,
+    WIRE_VERSION,
+    Message,
+    Payload,
+    PayloadError,
+)
 from peerlearn.codecs.partial import PartialPayload
 from peerlearn.codecs.seedmask import SeedMaskVector
 from peerlearn.codecs.sparse import SparseVector
@@ -78,15 +89,23 @@ def encode_message(msg: Message) -> bytes:
     return head + body
 
 
+def partial_bound(numel: int) -> int:
+    """Most values, and bound on indices, of a partial payload: it may carry transform
+    coefficients (JWINS's wavelets), a little more than the model."""
+    return 2 * numel + 1024
+
+
 @dataclass(frozen=True)
 class WireLimits:
-    """What a receiver accepts: its own id, the run's size, the algorithm's payload types."""
+    """What a receiver accepts: its own id, the run's size, the algorithm's payload types, and
+    the run's float codec (the only one a partial payload may use)."""
 
     node: int
     n_nodes: int
     numel: int
     allowed: frozenset[type[Payload]]
     max_bytes: int
+    float_codec: FloatCodec = RAW
 
 
 def decode_message(frame: bytes, limits: WireLimits, *, identity: int | None = None) -> Message:
@@ -118,7 +137,14 @@ def decode_message(frame: bytes, limits: WireLimits, *, identity: int | None = N
         raise WireError("bad_type", f"{cls.__name__} is not used by this algorithm")
     body = frame[HEADER_BYTES:]
     try:
-        payload = cls.decode(body)
+        if cls is PartialPayload:
+            payload = PartialPayload.decode(
+                body, codec=limits.float_codec, max_values=partial_bound(limits.numel)
+            )
+        else:
+            payload = cls.decode(body)
+    except PayloadError as exc:
+        raise WireError(exc.reason, f"{cls.__name__}: {exc}") from None
     except Exception as exc:  # any codec failure is the sender's fault, never the receiver's
         raise WireError("undecodable", f"{cls.__name__}: {exc}") from None
     _check_payload(payload, limits.numel)
@@ -144,7 +170,7 @@ def _check_payload(payload: Payload, numel: int) -> None:
         case SparseVector() | PartialPayload():
             idx = payload.indices
             # partial payloads may index transform coefficients, a little more than the model
-            bound = numel if isinstance(payload, SparseVector) else 2 * numel + 1024
+            bound = numel if isinstance(payload, SparseVector) else partial_bound(numel)
             if idx is not None and idx.size:
                 if idx.min() < 0 or idx.max() >= bound:
                     raise WireError("bad_range", "index out of range")
