@@ -8,7 +8,10 @@ precision, dims against the expected count), which bounds what the child allocat
 most forgeries without a round trip; the body is then decoded by a long-lived child process
 (``python -m peerlearn.deploy.decoder``): a crash costs that child, is counted
 (``decoder_crashed``), and the next blob gets a fresh one; a hang is cut by a timeout
-(``decoder_timeout``). The node checks the returned size against the expected count.
+(``decoder_timeout``). A forged body that does not crash still makes fpzip read past it and
+return whatever memory held, so the child re-encodes what it decoded and accepts the blob only if
+that gives the same bytes (fpzip's encoder is deterministic; honest blobs always pass); the node
+checks the returned size against the expected count.
 
 Pipe protocol (little-endian): request ``uint32 count | uint32 length | blob``; reply
 ``uint8 status | uint32 length | body``, status 0: body = count float32 values, 1: an error text.
@@ -166,6 +169,10 @@ def _serve() -> None:
             if check_float32_stream(blob, count) != count:
                 raise ValueError(f"stream does not hold {count} values")
             out = np.ascontiguousarray(fpzip.decompress(blob, order="C"), dtype="<f4").reshape(-1)
+            # fpzip reads past a forged body and may return whatever memory held: only a blob
+            # our encoder would have written for these values is accepted (it is deterministic)
+            if out.size != count or bytes(fpzip.compress(out, precision=0, order="C")) != blob:
+                raise ValueError("not the canonical fpzip encoding of what it decodes to")
             reply = _REPLY.pack(0, 4 * out.size) + out.tobytes()
         except Exception as exc:  # fpzip's own read errors, a header the check refuses
             text = f"{type(exc).__name__}: {exc}".encode()[:200]
