@@ -65,6 +65,10 @@ from peerlearn.sim.compute_model import training_time
 
 log = logging.getLogger("peerlearn.deploy")
 
+#: metric rows kept in memory before they are appended to the node's CSV (a node that does not
+#: evaluate would otherwise keep every row of the run)
+ROWS_IN_MEMORY = 4096
+
 
 def identity_of(node: int) -> bytes:
     """The ZeroMQ routing identity of a node's DEALERs: its id in ASCII decimal."""
@@ -224,6 +228,8 @@ class NodeRuntime:
 
     def record(self, metric: str, value: float) -> None:
         self.rows.append((self.now(), self.node, self.proto.iteration, metric, float(value)))
+        if len(self.rows) >= ROWS_IN_MEMORY:  # e.g. a flood of ignored messages, each recorded
+            self._flush_rows()
 
     # -- sockets ---------------------------------------------------------------------------------
 

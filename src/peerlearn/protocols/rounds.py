@@ -76,7 +76,10 @@ class SyncRounds(Protocol):
         return records + sends + self._try_merge()
 
     def on_message(self, message: Message) -> list[Action]:
-        if message.src not in self.ctx.neighbors or message.iteration < self.iteration:
+        # a neighbour is at most one round ahead (it cannot finish a round without our payload),
+        # so a later round is forged; buffering it would let a peer grow our memory at will
+        ahead = message.iteration - self.iteration
+        if message.src not in self.ctx.neighbors or not 0 <= ahead <= 1:
             return [Record("ignored_messages", 1.0)]
         self.inbox[message.iteration][message.src] = message.payload
         return self._try_merge()
