@@ -37,16 +37,28 @@ _REPLY = struct.Struct("<BI")
 _READY = b"R"
 
 
-def decode_timeout_s(count: int) -> float:
-    """Generous: fpzip decodes ~20 M values/s on one core (tests measure 50 ns per value)."""
-    return 2.0 + 2e-6 * count
+#: the child: this module's ``_serve``
+COMMAND = (sys.executable, "-m", "peerlearn.deploy.decoder")
 
 
 class DecoderProcess:
-    """One child process decoding fpzip blobs; restarted after a crash or a timeout."""
+    """One child process decoding fpzip blobs; restarted after a crash or a timeout.
 
-    def __init__(self, startup_timeout_s: float = 30.0) -> None:
+    A decode may take ``timeout_s + per_value_s * count``: generous, fpzip decodes and
+    re-encodes ~10 M values/s on one core (~50 ns per value each way).
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 2.0,
+        per_value_s: float = 2e-6,
+        startup_timeout_s: float = 30.0,
+        command: tuple[str, ...] = COMMAND,
+    ) -> None:
+        self.timeout_s, self.per_value_s = timeout_s, per_value_s
         self.startup_timeout_s = startup_timeout_s
+        self.command = command
         self.proc: subprocess.Popen | None = None
         self.ready = False
         self.restarts = 0
@@ -55,7 +67,7 @@ class DecoderProcess:
         """Start the child now (it imports numpy and fpzip: ~0.1 s), if none is running."""
         if self.proc is None:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "peerlearn.deploy.decoder"],
+                list(self.command),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,  # a crashing decoder's noise is not the node's log
@@ -83,7 +95,7 @@ class DecoderProcess:
                 self.ready = True
             self.proc.stdin.write(_REQUEST.pack(count, len(blob)) + blob)
             self.proc.stdin.flush()
-            deadline = time.monotonic() + decode_timeout_s(count)
+            deadline = time.monotonic() + self.timeout_s + self.per_value_s * count
             status, length = _REPLY.unpack(self._read_exact(_REPLY.size, deadline))
             body = self._read_exact(length, deadline)
         except TimeoutError:
