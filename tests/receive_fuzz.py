@@ -294,8 +294,11 @@ def frame_strategy(valid: list[bytes], numel: int):
         return bytes(buf)
 
     some_valid = st.sampled_from(valid)
-    damaged = st.builds(flipped, some_valid, st.lists(st.tuples(st.integers(0, 2**20),
-                                                                st.integers(0, 7)), max_size=6))
+    damaged = st.builds(
+        flipped,
+        some_valid,
+        st.lists(st.tuples(st.integers(0, 2**20), st.integers(0, 7)), max_size=6),
+    )
     truncated = st.builds(lambda f, cut: f[: cut % len(f)], some_valid, st.integers(0, 2**20))
     header = st.builds(
         lambda kind, src, dst, it, body, fix_len, length: HEADER.pack(
@@ -380,9 +383,7 @@ def reproduce() -> dict:
                 "rejected": after_crash,
                 "valid_accepted": rt.stats.messages_received,
                 "valid_sent": len(good),
-                "inbox_values": [
-                    p.values.size for p in rt.proto.inbox.get(0, {}).values()
-                ],
+                "inbox_values": [p.values.size for p in rt.proto.inbox.get(0, {}).values()],
             }
     return out
 
