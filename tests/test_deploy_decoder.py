@@ -87,3 +87,35 @@ def test_a_dead_child_is_a_crash_not_an_exception() -> None:
         assert proc.restarts == 2
     finally:
         proc.close()
+
+
+def test_a_topk_deployment_with_fpzip_accepts_every_honest_frame(tmp_path, monkeypatch) -> None:
+    """Real processes and sockets: every fpzip blob a node sends passes the receiver's header
+    check, the child decoder and its re-encoding check."""
+    from peerlearn.config import load_config
+    from peerlearn.deploy.launcher import deploy_experiment
+    from tests.test_deploy_node import free_port_base
+    from tests.test_deploy_run import _env
+
+    for k, v in _env().items():
+        monkeypatch.setenv(k, v)
+    cfg = load_config(
+        None,
+        [
+            "nodes=3",
+            "data.dataset=digits",
+            "model.hidden=[32]",
+            "train.local_steps=5",
+            "topology.kind=full",
+            "algorithm.name=topk",
+            "algorithm.float_codec=fpzip",
+            "stop.virtual_time_s=4",
+            "eval.every_s=1",
+            f"deploy.base_port={free_port_base(3)}",
+        ],
+    )
+    _, summary = deploy_experiment(cfg, tmp_path / "run", quiet=True)
+    assert summary["deploy"]["nodes_failed"] == []
+    assert summary["deploy"]["messages_rejected"] == {}
+    assert summary["iterations"]["min"] >= 3
+    assert summary["messages"]["delivered"] > 0
