@@ -509,6 +509,10 @@ class NodeRuntime:
         except WireError as exc:
             self.rejected[exc.reason] += 1
             return
+        except Exception:  # a check that itself failed: a bug, but never a reason to stop
+            log.exception("node %d: checking a frame failed", self.node)
+            self.rejected["check_failed"] += 1
+            return
         self.stats.messages_received += 1
         self.stats.bytes_received += size
         self.received_from[msg.src] += size
