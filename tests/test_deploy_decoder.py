@@ -90,8 +90,8 @@ def test_a_dead_child_is_a_crash_not_an_exception() -> None:
 
 
 def test_a_topk_deployment_with_fpzip_accepts_every_honest_frame(tmp_path, monkeypatch) -> None:
-    """Real processes and sockets: every fpzip blob a node sends passes the receiver's header
-    check, the child decoder and its re-encoding check."""
+    """Real sockets: every fpzip blob a node sends passes the receiver's header check, the
+    child decoder and its re-encoding check (one child shared by the process's 3 nodes)."""
     from peerlearn.config import load_config
     from peerlearn.deploy.launcher import deploy_experiment
     from tests.test_deploy_node import free_port_base
@@ -112,6 +112,7 @@ def test_a_topk_deployment_with_fpzip_accepts_every_honest_frame(tmp_path, monke
             "stop.virtual_time_s=4",
             "eval.every_s=1",
             f"deploy.base_port={free_port_base(3)}",
+            "deploy.nodes_per_process=3",
         ],
     )
     _, summary = deploy_experiment(cfg, tmp_path / "run", quiet=True)

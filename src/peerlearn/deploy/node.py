@@ -154,7 +154,11 @@ class NodeRuntime:
         executor: Executor,
         keys: Keys | None = None,
         public_to_node: dict[str, int] | None = None,
+        decoder: DecoderProcess | None = None,
     ) -> None:
+        """``decoder``: the fpzip decoder child to share with the process's other nodes (they
+        share its event loop, so calls never overlap); a node of an fpzip run without one
+        starts its own and stops it when it ends."""
         cfg = setup.cfg
         self.setup, self.cfg, self.node, self.n = setup, cfg, node, cfg.nodes
         self.zctx, self.endpoints, self.bind = ctx, endpoints, bind
@@ -179,7 +183,8 @@ class NodeRuntime:
         d = cfg.deploy
         codec = run_float_codec(cfg.algorithm)
         # received fpzip blobs are decoded in a child process: fpzip's C decoder can crash
-        self.decoder = DecoderProcess() if codec is FPZIP else None
+        self.decoder = (decoder or DecoderProcess()) if codec is FPZIP else None
+        self.owns_decoder = self.decoder is not None and decoder is None
         self.limits = WireLimits(
             node=node,
             n_nodes=self.n,
@@ -295,7 +300,7 @@ class NodeRuntime:
             sock.close(linger=0)
         if self.router is not None:
             self.router.close(linger=0)
-        if self.decoder is not None:
+        if self.decoder is not None and self.owns_decoder:
             self.decoder.close()
 
     # -- main ------------------------------------------------------------------------------------

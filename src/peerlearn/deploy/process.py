@@ -22,6 +22,7 @@ import zmq.auth
 
 from peerlearn.config.load import ConfigError
 from peerlearn.config.schema import ExperimentConfig
+from peerlearn.deploy.decoder import DecoderProcess
 from peerlearn.deploy.node import Keys, NodeRuntime, NodeStats
 from peerlearn.experiment import build_setup
 
@@ -159,6 +160,7 @@ async def _run(
         auth.configure_curve(domain="*", location=str(keys_dir))
     eps = endpoints(cfg, hosts)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
+    decoder = DecoderProcess()  # one fpzip decoder child for all nodes here, started if used
     runtimes = []
     for i in ids:
         keys, pub = load_keys(keys_dir, i, cfg.nodes) if keys_dir else (None, None)
@@ -174,6 +176,7 @@ async def _run(
             executor=executor,
             keys=keys,
             public_to_node=pub,
+            decoder=decoder,
         )
         rt.warm_up()
         rt.open_sockets()
@@ -205,6 +208,7 @@ async def _run(
         if auth is not None:
             auth.stop()
         executor.shutdown(wait=True, cancel_futures=True)
+        decoder.close()
         ctx.term()
     return list(stats)
 
