@@ -86,8 +86,11 @@ def _stop_all(procs: list[subprocess.Popen], grace_s: float) -> None:
 
 
 def _kill_group(pgid: int | None, procs: list[subprocess.Popen]) -> None:
-    """SIGKILL the node processes' group (also anything they started) and reap them."""
-    if pgid is not None:
+    """SIGKILL the node processes' group (also anything they started) and reap them.
+
+    Only while one of them is still unreaped: until then the group's id cannot be reused, so
+    the signal cannot reach anyone else's processes."""
+    if pgid is not None and any(p.returncode is None for p in procs):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
     for p in procs:
