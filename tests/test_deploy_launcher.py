@@ -316,3 +316,25 @@ def test_deploy_profile_uses_one_clock_and_per_node_means() -> None:
     # merged later without the launcher: only the per-node figures
     later = deploy_profile(stats, phases=None, launcher_t0=None, now=0.0)
     assert later["clock"] == "nodes" and "run_wall_s" not in later
+
+
+def test_parent_watch_exits_during_setup_and_stops_running_nodes(tmp_path: Path) -> None:
+    """The watchdog alone (no death signal: the watched pid is simply not the parent)."""
+    setup = (
+        "import time; from peerlearn.deploy.lifeline import ParentWatch\n"
+        "ParentWatch(1_000_000_000 + 7, interval_s=0.05).start(); time.sleep(30)\n"
+    )
+    t0 = time.monotonic()
+    child = subprocess.run([sys.executable, "-c", setup], env=_env(), check=False, timeout=30)
+    assert child.returncode == lifeline.ORPHANED_EXIT and time.monotonic() - t0 < 10
+    running = (
+        "import sys, time; from peerlearn.deploy.lifeline import ParentWatch\n"
+        "w = ParentWatch(1_000_000_000 + 7, interval_s=0.05, grace_s=0.5)\n"
+        "w.on_orphan = lambda: print('stop requested', flush=True)\n"
+        "w.start(); time.sleep(30)\n"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", running], env=_env(), capture_output=True, check=False, timeout=30
+    )
+    assert child.returncode == lifeline.ORPHANED_EXIT
+    assert child.stdout == b"stop requested\n"
