@@ -338,3 +338,23 @@ def test_parent_watch_exits_during_setup_and_stops_running_nodes(tmp_path: Path)
     )
     assert child.returncode == lifeline.ORPHANED_EXIT
     assert child.stdout == b"stop requested\n"
+
+
+def test_chosen_nodes_per_process_is_used_and_profiled(tmp_path: Path, monkeypatch) -> None:
+    """A machine of one core and one process per core: the 3 nodes share one process."""
+    import peerlearn.deploy.capacity as capacity
+
+    for k, v in _env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(capacity, "PROCESSES_PER_CORE", 1)
+    monkeypatch.setattr(Machine, "here", classmethod(lambda cls: Machine(16 * GB, 1, 20_000)))
+    run_dir, summary = deploy_experiment(_cfg(3, 4), tmp_path / "run", quiet=True)
+    assert summary["deploy"]["nodes_per_process"] == 3
+    assert "nodes_per_process = 3" in (run_dir / "config.toml").read_text()
+    assert len(_node_pids(run_dir)) == 1
+    assert summary["deploy"]["stop_reasons"] == {"deadline": 3}
+    profile = summary["profile"]
+    _check_profile(profile)
+    assert profile["nodes_reporting"] == 3 and profile["run_wall_s"] >= 4
+    # the three nodes shared one torch thread: their training adds up to at most the run
+    assert 3 * profile["train_wall_s_per_node_mean"] <= profile["run_wall_s"]

@@ -100,8 +100,9 @@ def deploy_profile(
     imports, data, model, warm-up), ``run`` (common start until the last node process is gone,
     their stopping and writing included), ``merge`` (until this summary). Without the launcher
     (``peerlearn merge`` later) only the per-node figures are known (``clock: "nodes"``).
-    Training and evaluation share one thread per process, so a node's figures never exceed
-    the run; with several nodes per process they are those nodes' shares of that thread.
+    A node's training and evaluation times are measured in its process's one torch thread
+    (not the wait for it), so they never exceed the run, and the nodes of one process together
+    do not either.
     """
     reporting = len(node_stats)
     evaluating = [s["eval_wall_s"] for s in node_stats if s["eval_wall_s"] > 0]
