@@ -175,8 +175,9 @@ class DeployConfig(Section):
     host: str = "127.0.0.1"
     base_port: Annotated[int, Field(ge=1024, le=65000)] = 29500
     # `peerlearn deploy`: nodes per OS process (1: one process per node, as in the artifact;
-    # more: fewer torch imports and setups on a small machine, one torch thread per process)
-    nodes_per_process: PosInt = 1
+    # more: fewer torch imports and setups on a small machine, one torch thread per process;
+    # unset: chosen by the launcher from this machine's memory and cores, see docs/deploy.md)
+    nodes_per_process: PosInt | None = None
     # interface to bind (None: the node's own address; "*" for every interface)
     bind: str | None = None
     # frames above this are dropped unread (None: room for 8 bytes per model coordinate)

@@ -16,15 +16,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from peerlearn.config import ExperimentConfig, dump_config
+from peerlearn.deploy import lifeline
+from peerlearn.deploy.capacity import plan_processes
 from peerlearn.deploy.emulate import (
     EmulatedNetwork,
     check_available,
@@ -33,12 +36,13 @@ from peerlearn.deploy.emulate import (
     plan_links,
 )
 from peerlearn.deploy.errors import DeployError
+from peerlearn.deploy.process import check_port_range
 from peerlearn.results.messages import match_deployed, write_messages_csv
 from peerlearn.results.metrics import ALL_NODES, MetricsRecorder
 from peerlearn.results.outcome import ByteCounters, RunResult
 from peerlearn.results.plots import write_plots
 from peerlearn.results.rundir import prepare_run_dir
-from peerlearn.results.summary import build_summary
+from peerlearn.results.summary import build_summary, deploy_profile
 
 
 def _node_command(
@@ -81,6 +85,64 @@ def _stop_all(procs: list[subprocess.Popen], grace_s: float) -> None:
             p.wait()
 
 
+def _kill_group(pgid: int | None, procs: list[subprocess.Popen]) -> None:
+    """SIGKILL the node processes' group (also anything they started) and reap them.
+
+    Only while one of them is still unreaped: until then the group's id cannot be reused, so
+    the signal cannot reach anyone else's processes."""
+    if pgid is not None and any(p.returncode is None for p in procs):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=5)
+
+
+class _Interrupt(KeyboardInterrupt):
+    """SIGTERM or SIGHUP of the launcher, handled like Ctrl-C."""
+
+
+@contextlib.contextmanager
+def signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM (what ``timeout`` and ``kill`` send) and SIGHUP act like Ctrl-C while inside:
+    the nodes are stopped and what they measured is merged. Only in the main thread (the only
+    one Python delivers signals to); elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise _Interrupt(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def _start_process(
+    cmd: list[str], env: dict[str, str], log_path: Path, pgid: int | None
+) -> subprocess.Popen:
+    """One node process: in the nodes' process group (a new one, led by the first), with the
+    launcher's death as its own (``lifeline.preexec``: PR_SET_PDEATHSIG, then a parent check)."""
+    with log_path.open("w") as logf:
+        return subprocess.Popen(
+            cmd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            # not the launcher's group: Ctrl-C reaches the launcher only, which stops them
+            process_group=0 if pgid is None else pgid,
+            preexec_fn=lifeline.preexec(os.getpid()),
+        )
+
+
 def launch_local(
     cfg: ExperimentConfig,
     run_dir: Path,
@@ -88,55 +150,70 @@ def launch_local(
     on_started: Callable[[list[subprocess.Popen]], None] | None = None,
     log: Callable[[str], None] = print,
     emulated: EmulatedNetwork | None = None,
+    phases: dict[str, float] | None = None,
 ) -> float:
-    """Run the nodes of ``cfg`` as subprocesses (``deploy.nodes_per_process`` each; the log of
-    a process is named after its first node); returns the common start (epoch seconds).
+    """Run the nodes of ``cfg`` as subprocesses (``deploy.nodes_per_process`` each, planned by
+    ``plan_processes`` when unset; the log of a process is named after its first node);
+    returns the common start (epoch seconds).
+
+    Every node process is in one process group (``nodes/sync/pids``: the group, then one
+    ``PID FIRST_NODE`` line per process), dies with the launcher (see ``lifeline``), and is
+    killed on the way out whatever happens. Ctrl-C (KeyboardInterrupt, or SIGTERM/SIGHUP inside
+    ``signals_as_interrupt``) stops the nodes cleanly first.
 
     With ``emulated``, node i runs in its namespace and listens on its address there (a hosts
-    file in the sync folder tells every node where the others are)."""
+    file in the sync folder tells every node where the others are).
+
+    ``phases`` gets the launcher's own monotonic clock readings: ``t_spawn`` (first process
+    started), ``t_start`` (the common start), ``t_end`` (last process gone)."""
+    phases = {} if phases is None else phases
     config = run_dir / "config.toml"
     nodes_dir = run_dir / "nodes"
     sync = nodes_dir / "sync"
     sync.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     procs: list[subprocess.Popen] = []
-    per = cfg.deploy.nodes_per_process
+    pgid: int | None = None
+    per = cfg.deploy.nodes_per_process or plan_processes(cfg).nodes_per_process
     groups = [list(range(lo, min(lo + per, cfg.nodes))) for lo in range(0, cfg.nodes, per)]
     hosts = None
     if emulated is not None:
         hosts = sync / "hosts"
         hosts.write_text("".join(f"{a} {i}\n" for i, a in enumerate(emulated.addresses)))
+    pids = (sync / "pids").open("w")
+    phases["t_spawn"] = time.monotonic()
     try:
         for ids in groups:
             wrap = emulated.exec_prefix(ids[0]) if emulated is not None else []
-            with (nodes_dir / f"node-{ids[0]}.log").open("w") as logf:
-                procs.append(
-                    subprocess.Popen(
-                        wrap + _node_command(config, ids, nodes_dir, sync, hosts),
-                        env=env,
-                        stdout=logf,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,  # Ctrl-C reaches the launcher, which stops them
-                    )
-                )
+            cmd = wrap + _node_command(config, ids, nodes_dir, sync, hosts)
+            try:
+                proc = _start_process(cmd, env, nodes_dir / f"node-{ids[0]}.log", pgid)
+            except (PermissionError, ProcessLookupError):  # setpgid: the whole group is gone
+                raise DeployError(_died_in_setup(groups, procs, nodes_dir)) from None
+            procs.append(proc)
+            if pgid is None:
+                pgid = proc.pid
+                pids.write(f"group {pgid}\n")
+            pids.write(f"{proc.pid} {ids[0]}\n")
+            pids.flush()
+        pids.close()
         # wait until every node is set up and listening
         deadline = time.monotonic() + cfg.deploy.ready_timeout_s
         while True:
             ready = sum((sync / f"ready-{i}").exists() for i in range(cfg.nodes))
             if ready == cfg.nodes:
                 break
-            dead = [ids[0] for ids, p in zip(groups, procs, strict=True) if p.poll() is not None]
-            if dead:
-                tail = (nodes_dir / f"node-{dead[0]}.log").read_text()[-2000:]
-                raise DeployError(f"node {dead[0]} exited during set-up:\n{tail}")
+            if any(p.poll() is not None for p in procs):
+                raise DeployError(_died_in_setup(groups, procs, nodes_dir))
             if time.monotonic() > deadline:
                 raise DeployError(f"only {ready}/{cfg.nodes} nodes ready after set-up timeout")
             time.sleep(0.05)
         start_at = time.time() + 0.3
+        phases["t_start"] = time.monotonic() + 0.3
         tmp = sync / ".start"
         tmp.write_text(repr(start_at))
         os.replace(tmp, sync / "start")
-        log(f"{cfg.nodes} nodes ready; started")
+        log(f"{cfg.nodes} nodes ready in {len(procs)} processes; started")
         if on_started is not None:
             on_started(procs)
         hard_stop = start_at + (cfg.stop.virtual_time_s or cfg.deploy.timeout_s) + 30
@@ -146,19 +223,49 @@ def launch_local(
                 _stop_all(procs, 5.0)
             time.sleep(0.1)
         return start_at
-    except KeyboardInterrupt:
-        log("interrupted: stopping every node (results so far are kept)")
+    except KeyboardInterrupt as exc:
+        started = (sync / "start").exists()
+        what = signal_name(exc)
+        log(
+            f"{what}: stopping every node (results so far are kept)"
+            if started
+            else f"{what} during set-up: stopping every node (none had started)"
+        )
         _stop_all(procs, 10.0)
-        return float((sync / "start").read_text()) if (sync / "start").exists() else time.time()
+        return float((sync / "start").read_text()) if started else time.time()
     except BaseException:
         _stop_all(procs, 3.0)
         raise
+    finally:
+        pids.close()
+        _kill_group(pgid, procs)
+        phases["t_end"] = time.monotonic()
+
+
+def signal_name(exc: BaseException) -> str:
+    """``interrupted`` for Ctrl-C, ``SIGTERM``/``SIGHUP`` for those (see signals_as_interrupt)."""
+    return str(exc.args[0]) if isinstance(exc, _Interrupt) and exc.args else "interrupted"
+
+
+def _died_in_setup(groups: list[list[int]], procs: list[subprocess.Popen], nodes_dir: Path) -> str:
+    dead = [ids[0] for ids, p in zip(groups, procs, strict=False) if p.poll() is not None]
+    first = dead[0] if dead else groups[0][0]
+    path = nodes_dir / f"node-{first}.log"
+    tail = path.read_text()[-2000:] if path.exists() else ""
+    return f"node {first} exited during set-up:\n{tail}"
 
 
 def merge_run(
-    cfg: ExperimentConfig, run_dir: Path, *, launcher_wall_s: float | None = None
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    *,
+    launcher_t0: float | None = None,
+    phases: dict[str, float] | None = None,
 ) -> tuple[dict[str, Any], MetricsRecorder]:
-    """Per-node CSV/JSON files in ``run_dir/nodes`` -> metrics.csv, summary.json, plots."""
+    """Per-node CSV/JSON files in ``run_dir/nodes`` -> metrics.csv, summary.json, plots.
+
+    ``launcher_t0`` (the launcher's ``time.monotonic()`` when it began) and ``phases`` (from
+    ``launch_local``) give the profile's phases on the launcher's clock."""
     nodes_dir = run_dir / "nodes"
     n = cfg.nodes
     rec = MetricsRecorder()
@@ -212,9 +319,14 @@ def merge_run(
     for s in stats.values():
         rejected.update(s["rejected"])
     reasons = Counter(s["stop_reason"] for s in stats.values())
+    write_plots(rec, run_dir / "plots", f"{cfg.name}: {cfg.algorithm.name} (deployed)")
+    summary["profile"] = deploy_profile(
+        list(stats.values()), phases=phases, launcher_t0=launcher_t0, now=time.monotonic()
+    )
     summary["deploy"] = {
-        "run_wall_s": end,
-        "launcher_wall_s": launcher_wall_s,
+        "run_wall_s": end,  # the nodes' clock: the latest end since the common start
+        "launcher_wall_s": summary["profile"].get("launcher_wall_s"),
+        "nodes_per_process": cfg.deploy.nodes_per_process,
         # no results (killed, crashed before writing) or stopped by an error
         "nodes_failed": sorted(
             (set(range(n)) - set(stats))
@@ -228,12 +340,10 @@ def merge_run(
         "messages_overflow": sum(s["messages_overflow"] for s in stats.values()),
         "messages_rejected": dict(rejected),
         "start_lateness_max_s": max((s["start_lateness_s"] for s in stats.values()), default=0),
-        "train_wall_s_per_node_mean": result.train_wall_s / max(len(stats), 1),
     }
     if unmatched is not None:
         summary["deploy"]["messages_log_unmatched"] = unmatched
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_plots(rec, run_dir / "plots", f"{cfg.name}: {cfg.algorithm.name} (deployed)")
     return summary, rec
 
 
@@ -299,6 +409,20 @@ def _aggregate(rec: MetricsRecorder, cfg: ExperimentConfig) -> None:
         rec.add(t, ALL_NODES, it_min, "iteration_mean", float(np.mean(list(iters[k].values()))))
 
 
+def check_fits(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> ExperimentConfig:
+    """Before anything is started: the ports exist and the run fits this machine's memory.
+
+    Returns ``cfg`` with ``deploy.nodes_per_process`` resolved (chosen when unset); raises
+    ConfigError (ports) or CapacityError (memory), one line each."""
+    check_port_range(cfg)
+    plan = plan_processes(cfg)
+    log(f"deploy: {plan.describe()}")
+    for note in plan.notes:
+        log(f"deploy: warning: {note}")
+    deploy = cfg.deploy.model_copy(update={"nodes_per_process": plan.nodes_per_process})
+    return cfg.model_copy(update={"deploy": deploy})
+
+
 def deploy_experiment(
     cfg: ExperimentConfig,
     out: Path | None = None,
@@ -306,50 +430,50 @@ def deploy_experiment(
     overwrite: bool = False,
     quiet: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
-    """``peerlearn deploy``: run all nodes here, merge, return (run dir, summary)."""
+    """``peerlearn deploy``: run all nodes here, merge, return (run dir, summary).
+
+    SIGTERM and SIGHUP act like Ctrl-C (see ``signals_as_interrupt``): the nodes stop, what
+    they measured is merged."""
+    t0 = time.monotonic()
     cfg = cfg.model_copy(update={"engine": "deploy"})
-    if cfg.deploy.emulate:  # before anything is created
-        check_available()
-        if cfg.deploy.nodes_per_process != 1:
-            raise DeployError("--emulate needs deploy.nodes_per_process = 1 (a namespace per node)")
-        plan_links(network_spec(cfg), [""] * cfg.nodes, netem=False)  # refuses shared links
-        if cfg.deploy.emulate_latency == "netem" and not netem_available():
-            raise DeployError("deploy.emulate_latency = netem but this kernel has no sch_netem")
-    run_dir = prepare_run_dir(out, cfg.name, overwrite=overwrite)
-    (run_dir / "config.toml").write_text(dump_config(cfg))
 
     def log(message: str) -> None:
         if not quiet:
             print(message, file=sys.stderr)
 
-    if not cfg.deploy.emulate:
-        t0 = time.monotonic()
-        launch_local(cfg, run_dir, log=log)
-        summary, _ = merge_run(cfg, run_dir, launcher_wall_s=time.monotonic() - t0)
-        return run_dir, summary
-    return _deploy_emulated(cfg, run_dir, log)
+    if cfg.deploy.emulate:  # before anything is created
+        check_available()
+        if cfg.deploy.nodes_per_process not in (None, 1):
+            raise DeployError("--emulate needs deploy.nodes_per_process = 1 (a namespace per node)")
+        plan_links(network_spec(cfg), [""] * cfg.nodes, netem=False)  # refuses shared links
+        if cfg.deploy.emulate_latency == "netem" and not netem_available():
+            raise DeployError("deploy.emulate_latency = netem but this kernel has no sch_netem")
+    cfg = check_fits(cfg, log)
+    run_dir = prepare_run_dir(out, cfg.name, overwrite=overwrite)
+    (run_dir / "config.toml").write_text(dump_config(cfg))
+    with signals_as_interrupt():
+        if not cfg.deploy.emulate:
+            phases: dict[str, float] = {}
+            launch_local(cfg, run_dir, log=log, phases=phases)
+            summary, _ = merge_run(cfg, run_dir, launcher_t0=t0, phases=phases)
+            return run_dir, summary
+        return _deploy_emulated(cfg, run_dir, log, t0)
 
 
 def _deploy_emulated(
-    cfg: ExperimentConfig, run_dir: Path, log: Callable[[str], None]
+    cfg: ExperimentConfig, run_dir: Path, log: Callable[[str], None], t0: float
 ) -> tuple[Path, dict[str, Any]]:
     """``deploy --emulate``: namespaces up, nodes in them, namespaces down whatever happens.
 
-    SIGTERM and SIGHUP act like Ctrl-C (nodes stop and write, results are merged), and the
-    ``finally`` removes the namespaces; ``atexit`` is the fallback for other exits. Only SIGKILL
-    leaves them behind, for ``peerlearn emulate-cleanup``.
+    SIGTERM and SIGHUP act like Ctrl-C (the caller's ``signals_as_interrupt``: nodes stop and
+    write, results are merged), and the ``finally`` removes the namespaces; ``atexit`` is the
+    fallback for other exits. Only SIGKILL leaves them behind, for ``peerlearn emulate-cleanup``.
     """
     spec = network_spec(cfg)
     net = EmulatedNetwork(
         spec, subnet=cfg.deploy.emulate_subnet, latency=cfg.deploy.emulate_latency
     )
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    old = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        t0 = time.monotonic()
         plan = net.up()
         for note in plan.notes:
             log(f"emulation: {note}")
@@ -359,12 +483,11 @@ def _deploy_emulated(
         deploy = cfg.deploy.model_copy(update={"emulate_latency": net.latency})
         cfg = cfg.model_copy(update={"deploy": deploy})
         (run_dir / "config.toml").write_text(dump_config(cfg))
-        launch_local(cfg, run_dir, log=log, emulated=net)
-        summary, _ = merge_run(cfg, run_dir, launcher_wall_s=time.monotonic() - t0)
+        phases: dict[str, float] = {}
+        launch_local(cfg, run_dir, log=log, emulated=net, phases=phases)
+        summary, _ = merge_run(cfg, run_dir, launcher_t0=t0, phases=phases)
         summary["deploy"]["emulation"] = net.describe()
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return run_dir, summary
     finally:
         net.down()
-        for s, handler in old.items():
-            signal.signal(s, handler)

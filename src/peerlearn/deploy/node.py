@@ -430,9 +430,9 @@ class NodeRuntime:
         job = TrainJob(start=self.model.clone(), batches=batches)
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
-        result, loss = await loop.run_in_executor(self.executor, self._run_job, job)
-        spent = time.perf_counter() - t0
-        self.stats.train_wall_s += spent
+        result, loss, computing = await loop.run_in_executor(self.executor, self._run_job, job)
+        spent = time.perf_counter() - t0  # also waiting for the process's one torch thread
+        self.stats.train_wall_s += computing
         self.stats.train_jobs += 1
         if self.cfg.deploy.emulate_compute:
             target = training_time(
@@ -449,10 +449,13 @@ class NodeRuntime:
             self.record("train_loss", loss)
         self._feed(TrainingDone(steps))
 
-    def _run_job(self, job: TrainJob) -> tuple[torch.Tensor, float]:
+    def _run_job(self, job: TrainJob) -> tuple[torch.Tensor, float, float]:
+        """In the torch thread: the new model, its loss, and the seconds it took (not counting
+        the wait for the thread, which the nodes of one process share)."""
+        t0 = time.perf_counter()
         out = self.trainer.run([job])
         assert self.trainer.last_loss is not None
-        return out[0], float(self.trainer.last_loss[0])
+        return out[0], float(self.trainer.last_loss[0]), time.perf_counter() - t0
 
     # -- network ---------------------------------------------------------------------------------
 
@@ -547,17 +550,20 @@ class NodeRuntime:
         self.timers.append(loop.call_later(max(0.0, t - self.now()), tick))
 
     async def _evaluate(self, snapshot: torch.Tensor, when: float, it: int) -> None:
-        assert self.evaluator is not None
-        t0 = time.perf_counter()
-        out = await asyncio.get_running_loop().run_in_executor(
-            self.executor,
-            lambda: self.evaluator.evaluate(
+        evaluator = self.evaluator
+        assert evaluator is not None
+
+        def run() -> tuple[dict, float]:  # timed in the torch thread, as training is
+            t0 = time.perf_counter()
+            out = evaluator.evaluate(
                 snapshot.unsqueeze(0),
                 test_indices=self.setup.test_sets([self.node]),
                 subset=self.setup.eval_subset,
-            ),
-        )
-        self.stats.eval_wall_s += time.perf_counter() - t0
+            )
+            return out, time.perf_counter() - t0
+
+        out, computing = await asyncio.get_running_loop().run_in_executor(self.executor, run)
+        self.stats.eval_wall_s += computing
         for metric, values in out.items():
             self.rows.append((when, self.node, it, f"test_{metric}", float(values[0])))
         s = self.stats

@@ -3,28 +3,34 @@
 Every process builds the same ``Setup`` from the same config (datasets, partition, model init and
 fragments all derive from the seed), binds its nodes' ROUTERs, says it is ready, waits for the
 common start time and runs its nodes until they stop. SIGINT/SIGTERM stop the nodes cleanly: each
-writes what it has measured so far.
+writes what it has measured so far. During set-up (before the nodes exist) the default signal
+actions apply: SIGTERM ends the process at once, SIGINT raises KeyboardInterrupt.
+
+With ``--parent-pid`` (the launcher), the process watches its parent from the first moment,
+before torch is even imported (``lifeline.ParentWatch``): torch, the model and the nodes are
+imported lazily, below.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import zmq
 import zmq.asyncio
 import zmq.auth
 
 from peerlearn.config.load import ConfigError
 from peerlearn.config.schema import ExperimentConfig
-from peerlearn.deploy.decoder import DecoderProcess
-from peerlearn.deploy.node import Keys, NodeRuntime, NodeStats
-from peerlearn.experiment import build_setup
+from peerlearn.deploy.lifeline import ParentWatch
+
+if TYPE_CHECKING:
+    from peerlearn.deploy.node import Keys, NodeStats
 
 
 def parse_ids(text: str) -> list[int]:
@@ -70,11 +76,20 @@ def parse_hosts(path: Path, n_nodes: int) -> dict[int, str]:
     return host_of
 
 
+def check_port_range(cfg: ExperimentConfig) -> None:
+    """Node i listens on deploy.base_port + i: the last one must be a port (<= 65535)."""
+    base = cfg.deploy.base_port
+    if base + cfg.nodes - 1 > 65535:
+        raise ConfigError(
+            f"deploy.base_port {base} + nodes {cfg.nodes} needs ports up to "
+            f"{base + cfg.nodes - 1}, beyond 65535; set deploy.base_port <= {65536 - cfg.nodes}"
+        )
+
+
 def endpoints(cfg: ExperimentConfig, hosts: dict[int, str] | None) -> dict[int, str]:
     """Node -> ``tcp://address:port`` with port = deploy.base_port + node id."""
+    check_port_range(cfg)
     base = cfg.deploy.base_port
-    if base + cfg.nodes > 65535:
-        raise ConfigError(f"deploy.base_port {base} + nodes {cfg.nodes} exceeds port 65535")
     return {
         i: f"tcp://{hosts[i] if hosts else cfg.deploy.host}:{base + i}" for i in range(cfg.nodes)
     }
@@ -82,6 +97,8 @@ def endpoints(cfg: ExperimentConfig, hosts: dict[int, str] | None) -> dict[int, 
 
 def load_keys(keys_dir: Path, node: int, n_nodes: int) -> tuple[Keys, dict[str, int]]:
     """A node's CURVE pair and every node's public key, from ``peerlearn keys`` files."""
+    from peerlearn.deploy.node import Keys
+
     try:
         public, secret = zmq.auth.load_certificate(keys_dir / f"node-{node}.key_secret")
         peers = {
@@ -101,13 +118,18 @@ def generate_keys(keys_dir: Path, n_nodes: int) -> None:
         zmq.auth.create_certificates(str(keys_dir), f"node-{i}")
 
 
-async def _wait_start(start_at: float | None, sync_dir: Path | None, ids: list[int]) -> float:
-    """Announce readiness (sync_dir/ready-<id>) and return the common start (epoch seconds)."""
+async def _wait_start(
+    start_at: float | None, sync_dir: Path | None, ids: list[int], stopped: asyncio.Event
+) -> float | None:
+    """Announce readiness (sync_dir/ready-<id>) and return the common start (epoch seconds),
+    or None if the nodes were stopped (signal, orphaned) before it."""
     if sync_dir is not None:
         for i in ids:
             (sync_dir / f"ready-{i}").touch()
         start_file = sync_dir / "start"
         while start_at is None:
+            if stopped.is_set():
+                return None
             if start_file.exists():
                 start_at = float(start_file.read_text())
             else:
@@ -116,8 +138,9 @@ async def _wait_start(start_at: float | None, sync_dir: Path | None, ids: list[i
         start_at = time.time()
     delay = start_at - time.time()
     if delay > 0:
-        await asyncio.sleep(delay)
-    return start_at
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopped.wait(), delay)
+    return None if stopped.is_set() else start_at
 
 
 def _size_for_sockets(ctx: zmq.Context, sockets: int) -> None:
@@ -144,8 +167,12 @@ async def _run(
     out_dir: Path,
     start_at: float | None,
     sync_dir: Path | None,
-    parent_pid: int | None,
+    watch: ParentWatch | None,
 ) -> list[NodeStats]:
+    from peerlearn.deploy.decoder import DecoderProcess
+    from peerlearn.deploy.node import NodeRuntime
+    from peerlearn.experiment import build_setup
+
     setup = build_setup(cfg)
     ctx = zmq.asyncio.Context()
     _size_for_sockets(ctx, len(ids) * (cfg.nodes + 1))
@@ -161,56 +188,61 @@ async def _run(
     eps = endpoints(cfg, hosts)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
     decoder = DecoderProcess()  # one fpzip decoder child for all nodes here, started if used
-    runtimes = []
-    for i in ids:
-        keys, pub = load_keys(keys_dir, i, cfg.nodes) if keys_dir else (None, None)
-        bind = cfg.deploy.bind or eps[i].split("//", 1)[1].rsplit(":", 1)[0]
-        rt = NodeRuntime(
-            setup,
-            i,
-            ctx=ctx,
-            endpoints=eps,
-            bind=bind,
-            start_at=0.0,
-            out_dir=out_dir,
-            executor=executor,
-            keys=keys,
-            public_to_node=pub,
-            decoder=decoder,
-        )
-        rt.warm_up()
-        rt.open_sockets()
-        runtimes.append(rt)
-    loop = asyncio.get_running_loop()
-
-    def stop_all(reason: str) -> None:
-        for rt in runtimes:
-            rt.stop(reason)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop_all, "interrupted")
-    start = await _wait_start(start_at, sync_dir, ids)
-    for rt in runtimes:
-        rt.start_at = start
-
-    async def orphan_watch() -> None:
-        while parent_pid is not None:
-            await asyncio.sleep(0.5)
-            if os.getppid() != parent_pid:
-                stop_all("orphaned")
-                return
-
-    watch = asyncio.create_task(orphan_watch())
+    runtimes: list[NodeRuntime] = []
     try:
-        stats = await asyncio.gather(*(rt.run() for rt in runtimes))
+        for i in ids:
+            keys, pub = load_keys(keys_dir, i, cfg.nodes) if keys_dir else (None, None)
+            bind = cfg.deploy.bind or eps[i].split("//", 1)[1].rsplit(":", 1)[0]
+            rt = NodeRuntime(
+                setup,
+                i,
+                ctx=ctx,
+                endpoints=eps,
+                bind=bind,
+                start_at=0.0,
+                out_dir=out_dir,
+                executor=executor,
+                keys=keys,
+                public_to_node=pub,
+                decoder=decoder,
+            )
+            rt.warm_up()
+            rt.open_sockets()
+            runtimes.append(rt)
+        loop = asyncio.get_running_loop()
+        stopped = asyncio.Event()
+
+        def stop_all(reason: str) -> None:
+            stopped.set()
+            for rt in runtimes:
+                rt.stop(reason)
+
+        def on_signal() -> None:  # SIGTERM is also the launcher's death signal (lifeline)
+            stop_all("orphaned" if watch is not None and watch.orphaned() else "interrupted")
+
+        # from here on the nodes exist: signals stop them cleanly instead of ending the process
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        if watch is not None:
+            watch.on_orphan = lambda: loop.call_soon_threadsafe(stop_all, "orphaned")
+            if watch.orphaned():
+                stop_all("orphaned")
+        start = await _wait_start(start_at, sync_dir, ids, stopped)
+        if start is None:  # stopped before the common start: nothing was measured
+            for rt in runtimes:
+                rt.close_sockets()
+            return []
+        for rt in runtimes:
+            rt.start_at = start
+        return list(await asyncio.gather(*(rt.run() for rt in runtimes)))
     finally:
-        watch.cancel()
         if auth is not None:
             auth.stop()
         executor.shutdown(wait=True, cancel_futures=True)
         decoder.close()
+        for rt in runtimes:  # closed already unless set-up failed half-way; closing is idempotent
+            rt.close_sockets()
         ctx.term()
-    return list(stats)
 
 
 def run_node_process(
@@ -223,10 +255,16 @@ def run_node_process(
     sync_dir: Path | None = None,
     parent_pid: int | None = None,
 ) -> list[NodeStats]:
-    """Run the given nodes of ``cfg`` in this process until they stop."""
+    """Run the given nodes of ``cfg`` in this process until they stop.
+
+    With ``parent_pid``, the process ends when that process is no longer its parent: at once
+    during set-up, after a clean stop (reason ``orphaned``) once the nodes run."""
+    watch = ParentWatch(parent_pid).start() if parent_pid is not None else None
     bad = [i for i in ids if not 0 <= i < cfg.nodes]
     if bad or not ids:
         raise ConfigError(f"node ids {bad or ids} are not in 0..{cfg.nodes - 1}")
+    import torch
+
     torch.set_num_threads(1)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(_run(cfg, ids, hosts, out_dir, start_at, sync_dir, parent_pid))
+    return asyncio.run(_run(cfg, ids, hosts, out_dir, start_at, sync_dir, watch))

@@ -83,3 +83,51 @@ def build_summary(
             "python": platform.python_version(),
         },
     }
+
+
+def deploy_profile(
+    node_stats: list[dict[str, Any]],
+    *,
+    phases: dict[str, float] | None,
+    launcher_t0: float | None,
+    now: float,
+) -> dict[str, Any]:
+    """``profile`` of a deployed run: phases on one clock (the launcher's monotonic clock),
+    per-node figures as means over the nodes that reported.
+
+    Phases (launcher clock, consecutive, so they add up to at most ``launcher_wall_s``):
+    ``prepare`` (checks, run directory), ``setup`` (processes started until the common start:
+    imports, data, model, warm-up), ``run`` (common start until the last node process is gone,
+    their stopping and writing included), ``merge`` (until this summary). Without the launcher
+    (``peerlearn merge`` later) only the per-node figures are known (``clock: "nodes"``).
+    A node's training and evaluation times are measured in its process's one torch thread
+    (not the wait for it), so they never exceed the run, and the nodes of one process together
+    do not either.
+    """
+    reporting = len(node_stats)
+    evaluating = [s["eval_wall_s"] for s in node_stats if s["eval_wall_s"] > 0]
+    train = [s["train_wall_s"] for s in node_stats]
+    jobs = [s["train_jobs"] for s in node_stats]
+    out: dict[str, Any] = {
+        "clock": "nodes",
+        "nodes_reporting": reporting,
+        "train_wall_s_per_node_mean": float(np.mean(train)) if train else 0.0,
+        "train_wall_s_per_node_max": float(max(train, default=0.0)),
+        "eval_wall_s_per_evaluating_node_mean": float(np.mean(evaluating)) if evaluating else 0.0,
+        "train_jobs": int(sum(jobs)),
+        "train_jobs_per_node_mean": float(np.mean(jobs)) if jobs else 0.0,
+    }
+    if phases is None or launcher_t0 is None or "t_spawn" not in phases:
+        return out
+    t_spawn = phases["t_spawn"]
+    t_end = phases.get("t_end", now)
+    t_start = min(phases.get("t_start", t_end), t_end)  # not started: set-up until the end
+    out["clock"] = "launcher"
+    out["launcher_wall_s"] = now - launcher_t0
+    out["prepare_wall_s"] = t_spawn - launcher_t0
+    out["setup_wall_s"] = t_start - t_spawn
+    out["run_wall_s"] = t_end - t_start
+    out["merge_wall_s"] = now - t_end
+    run = out["run_wall_s"]
+    out["train_share_of_run_mean"] = out["train_wall_s_per_node_mean"] / run if run > 0 else 0.0
+    return out
