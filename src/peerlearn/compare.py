@@ -12,14 +12,14 @@ import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from rich.console import Console
 
 from peerlearn.config.load import (
     ConfigError,
-    algorithm_models,
     apply_overrides,
+    carry_algorithm,
     quickstart_toml,
     read_toml,
     validate,
@@ -65,21 +65,10 @@ def parse_algorithms(spec: str) -> list[tuple[str, str, list[str]]]:
     return out
 
 
-def _algorithm_fields(name: str) -> set[str] | None:
-    for member in algorithm_models():
-        if get_args(member.model_fields["name"].annotation) == (name,):
-            return set(member.model_fields)
-    return None
-
-
 def variant_config(raw: dict[str, Any], name: str, params: list[str]) -> ExperimentConfig:
-    fields = _algorithm_fields(name)
-    if fields is None:
-        # let the normal validation produce the one-line unknown-algorithm error
-        return validate({**raw, "algorithm": {"name": name}})
-    base = {k: v for k, v in (raw.get("algorithm") or {}).items() if k in fields}
-    cfg_raw = {**raw, "algorithm": {**base, "name": name}}
-    cfg_raw = apply_overrides(cfg_raw, [f"algorithm.{p}" for p in params])
+    # an unknown name is left for the normal validation's one-line unknown-algorithm error
+    section, _ = carry_algorithm(raw.get("algorithm") or {}, name)
+    cfg_raw = apply_overrides({**raw, "algorithm": section}, [f"algorithm.{p}" for p in params])
     return validate(cfg_raw)
 
 

@@ -1,0 +1,77 @@
+"""The bad-input catalogue: every case exits 2 with one line on stderr that names the key or the
+file, and leaves nothing on disk (in particular no empty ``runs/``).
+
+Cases run in-process through ``peerlearn.cli.main`` from an empty working directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from peerlearn.cli import main
+
+SMALL = ["--set", "nodes=4", "--set", "stop.virtual_time_s=1", "--set", "eval.every_s=1"]
+
+
+@dataclass
+class Case:
+    id: str
+    argv: list[str]
+    expect: str  # a substring of the error line (the key or the file)
+    setup: Callable[[Path], None] | None = None
+    also: list[str] = field(default_factory=list)  # more substrings of the error line
+
+
+def run_set(*items: str) -> list[str]:
+    return ["run", *SMALL, *[a for item in items for a in ("--set", item)], "--quiet"]
+
+
+CASES = [
+    # one-line errors instead of tracebacks
+    Case("seed-overflow", run_set("seed=99999999999999999999"), "seed"),
+    Case("rate-update-inf", run_set("network.rate_update_s=inf"), "network.rate_update_s"),
+    Case("name-nul", run_set('name="a\\u0001b"'), "name"),
+    Case("local-steps-huge", run_set("train.local_steps=1000000000000"), "train.local_steps"),
+    Case("config-not-utf8", ["run", "bad.toml"], "bad.toml", also=["UTF-8"]),
+    # accepted but absurd
+    Case("stop-inf", run_set("stop.virtual_time_s=inf"), "stop.virtual_time_s"),
+    Case("stop-1e300", run_set("stop.virtual_time_s=1e300"), "stop.virtual_time_s"),
+    Case("step-time-tiny", run_set("compute.step_time_s=1e-300"), "compute.step_time_s"),
+    Case("eval-every-tiny", run_set("eval.every_s=1e-9"), "eval.every_s"),
+    Case("lr-inf", run_set("train.lr=inf"), "train.lr"),
+    Case("name-dotdot", run_set('name="../../x"'), "name"),
+    Case("name-absolute", run_set('name="/tmp/x"'), "name"),
+    Case("name-empty", run_set('name=""'), "name"),
+]
+
+
+def _setup_files(tmp: Path) -> None:
+    (tmp / "bad.toml").write_bytes(b'name = "caf\xe9"\n')
+
+
+def _snapshot(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
+    case: Case, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _setup_files(tmp_path)
+    if case.setup is not None:
+        case.setup(tmp_path)
+    before = _snapshot(tmp_path)
+    assert main(case.argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error:"), err
+    for text in (case.expect, *case.also):
+        assert text in lines[0], err
+    assert _snapshot(tmp_path) == before
+    assert not (tmp_path / "runs").exists()
