@@ -46,11 +46,25 @@ CASES = [
     Case("name-dotdot", run_set('name="../../x"'), "name"),
     Case("name-absolute", run_set('name="/tmp/x"'), "name"),
     Case("name-empty", run_set('name=""'), "name"),
+    # run directories
+    Case("out-cannot-be-created", [*run_set(), "--out", "afile/sub"], "afile"),
+    Case("out-is-a-file", [*run_set(), "--out", "afile", "--overwrite"], "afile"),
+    Case("overwrite-not-a-run", [*run_set(), "--out", "mine", "--overwrite"], "mine"),
+    Case("overwrite-cwd", [*run_set(), "--out", ".", "--overwrite"], "working directory"),
+    Case("setup-error-default-out", run_set("data.shards=1000", "data.partition=kshard"), "data"),
+    Case(
+        "setup-error-new-out",
+        [*run_set("data.shards=1000", "data.partition=kshard"), "--out", "new/deeper/r"],
+        "data",
+    ),
 ]
 
 
 def _setup_files(tmp: Path) -> None:
     (tmp / "bad.toml").write_bytes(b'name = "caf\xe9"\n')
+    (tmp / "afile").write_text("not a directory")
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "thesis.tex").write_text("precious")
 
 
 def _snapshot(root: Path) -> set[str]:
@@ -75,3 +89,48 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
         assert text in lines[0], err
     assert _snapshot(tmp_path) == before
     assert not (tmp_path / "runs").exists()
+
+
+RUN = [*SMALL, "--set", "nodes=6", "--quiet"]
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_fails_set_up(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "r"
+    assert main(["run", *RUN, "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    bad = ["--set", "data.partition=kshard", "--set", "data.shards=1000"]
+    assert main(["run", *RUN, *bad, "--out", str(out), "--overwrite"]) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # no staging or lock left
+    assert main(["run", *RUN, "--set", "seed=2", "--out", str(out), "--overwrite"]) == 0
+    assert (out / "metrics.csv").read_bytes() != before["metrics.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+def test_a_second_run_to_the_same_out_fails_while_the_first_holds_it(
+    tmp_path: Path, capsys
+) -> None:
+    from peerlearn.results.rundir import open_run_dir
+
+    out = tmp_path / "r"
+    with open_run_dir(out, "x", overwrite=False) as rd:
+        (rd.path / "config.toml").write_text("")
+        assert main(["run", *RUN, "--out", str(out), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert "in use" in err and str(out) in err
+        (rd.path / "summary.json").write_text("{}")
+    assert sorted(p.name for p in out.iterdir()) == ["config.toml", "summary.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+    assert main(["run", *RUN, "--out", str(out), "--overwrite"]) == 0  # released
+
+
+def test_default_names_skip_a_directory_in_use(tmp_path: Path, monkeypatch) -> None:
+    from peerlearn.results.rundir import open_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    with (
+        open_run_dir(None, "same", overwrite=False) as a,
+        open_run_dir(None, "same", overwrite=False) as b,
+    ):
+        assert a.final != b.final
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["same", "same-2"]

@@ -27,7 +27,7 @@ from peerlearn.config.load import (
 from peerlearn.config.schema import ExperimentConfig
 from peerlearn.results.comparison import comparison_table, write_comparison
 from peerlearn.results.messages import read_messages_csv, transfer_stats
-from peerlearn.results.rundir import RunDirError, prepare_run_dir
+from peerlearn.results.rundir import RunDirError, open_run_dir
 from peerlearn.runner import run_experiment
 
 _ENTRY = re.compile(r"^\s*([a-z_]+)\s*(?:\[(.*)\])?\s*$")
@@ -88,17 +88,22 @@ def run_compare(
     cfgs = {label: variant_config(raw, name, params) for label, name, params in variants}
     base = _baseline(baseline, list(cfgs), default=variants[-1][0])  # before hours of runs
     name = next(iter(cfgs.values())).name
-    root = prepare_run_dir(out, f"{name}-compare", overwrite=overwrite)
     console = Console(stderr=True, quiet=quiet)
     summaries: dict[str, dict[str, Any]] = {}
     recorders = {}
-    for label, cfg in cfgs.items():
-        cfg = cfg.model_copy(update={"name": f"{cfg.name}-{label}"})
-        console.print(f"[bold]{label}[/bold]")
-        res = run_experiment(cfg, root / label, quiet=quiet, console=console)
-        summaries[label] = res.summary
-        recorders[label] = res.recorder
-    return _write(root, summaries, recorders, base, quiet, {k: root / k for k in cfgs})
+    with open_run_dir(out, f"{name}-compare", overwrite=overwrite) as rd:
+        root = rd.path
+        for label, cfg in cfgs.items():
+            cfg = cfg.model_copy(update={"name": f"{cfg.name}-{label}"})
+            console.print(f"[bold]{label}[/bold]")
+            res = run_experiment(
+                cfg, root / label, quiet=quiet, console=console, shown_dir=rd.final / label
+            )
+            summaries[label] = res.summary
+            recorders[label] = res.recorder
+        comparison = _write(root, summaries, recorders, base, {k: root / k for k in cfgs})
+    _show(comparison, rd.final, quiet)
+    return comparison
 
 
 def _baseline(chosen: str | None, labels: list[str], *, default: str) -> str:
@@ -109,9 +114,9 @@ def _baseline(chosen: str | None, labels: list[str], *, default: str) -> str:
 
 
 def _write(
-    root: Path, summaries, recorders, base: str, quiet: bool, run_dirs: dict[str, Path]
+    root: Path, summaries, recorders, base: str, run_dirs: dict[str, Path]
 ) -> dict[str, Any]:
-    """comparison.json, joint plots and the printed table."""
+    """comparison.json and the joint plots."""
     comparison = write_comparison(root, summaries, recorders, baseline=base)
     for label, d in run_dirs.items():  # runs with eval.log_messages: transfer-time statistics
         if (d / "messages.csv").exists():
@@ -119,10 +124,13 @@ def _write(
                 read_messages_csv(d / "messages.csv")
             )
     (root / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
+    return comparison
+
+
+def _show(comparison: dict[str, Any], root: Path, quiet: bool) -> None:
     if not quiet:
         Console().print(comparison_table(comparison))
         Console(stderr=True).print(f"results in [bold]{root}[/bold]")
-    return comparison
 
 
 def compare_run_dirs(
@@ -157,5 +165,7 @@ def compare_run_dirs(
     if not summaries:
         raise ConfigError("compare-runs needs at least one run directory")
     base = _baseline(baseline, list(summaries), default=next(iter(summaries)))
-    root = prepare_run_dir(out, "runs-compare", overwrite=overwrite)
-    return _write(root, summaries, recorders, base, quiet, dirs)
+    with open_run_dir(out, "runs-compare", overwrite=overwrite) as rd:
+        comparison = _write(rd.path, summaries, recorders, base, dirs)
+    _show(comparison, rd.final, quiet)
+    return comparison
