@@ -36,6 +36,13 @@ CASES = [
     Case("rate-update-inf", run_set("network.rate_update_s=inf"), "network.rate_update_s"),
     Case("name-nul", run_set('name="a\\u0001b"'), "name"),
     Case("local-steps-huge", run_set("train.local_steps=1000000000000"), "train.local_steps"),
+    Case("batch-size-huge", run_set("train.batch_size=1000000000"), "train.batch_size"),
+    Case("hidden-huge", run_set("model.hidden=[100000,100000]"), "model.hidden", also=["GB"]),
+    Case(
+        "fragments-too-many",
+        run_set("algorithm.name=divshare", "algorithm.fragments=1000000"),
+        "algorithm.fragments",
+    ),
     Case("config-not-utf8", ["run", "bad.toml"], "bad.toml", also=["UTF-8"]),
     # accepted but absurd
     Case("stop-inf", run_set("stop.virtual_time_s=inf"), "stop.virtual_time_s"),
@@ -134,3 +141,20 @@ def test_default_names_skip_a_directory_in_use(tmp_path: Path, monkeypatch) -> N
     ):
         assert a.final != b.final
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["same", "same-2"]
+
+
+def test_memory_estimate_names_the_largest_term() -> None:
+    from peerlearn.compute import budget
+
+    terms = budget.estimate(
+        nodes=10,
+        params=1000,
+        act_per_sample=10,
+        batch_size=8,
+        local_steps=5,
+        device="cpu",
+        model_keys="model.hidden = [10]",
+    )
+    budget.check(terms, available=10**9)  # fits
+    with pytest.raises(ValueError, match=r"model\.hidden = \[10\]"):
+        budget.check(terms, available=1000)
