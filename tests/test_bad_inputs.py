@@ -158,3 +158,27 @@ def test_memory_estimate_names_the_largest_term() -> None:
     budget.check(terms, available=10**9)  # fits
     with pytest.raises(ValueError, match=r"model\.hidden = \[10\]"):
         budget.check(terms, available=1000)
+
+
+def test_divergence_is_warned_marked_and_written_as_strict_json(tmp_path: Path, capsys) -> None:
+    import json
+
+    out = tmp_path / "d"
+    loud = [a for a in RUN if a != "--quiet"]
+    assert main(["run", *loud, "--set", "train.lr=1e30", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "diverged" in captured.err and "train.lr" in captured.err
+    assert "DIVERGED" in captured.err  # the printed table
+    text = (out / "summary.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    summary = json.loads(text)
+    assert summary["diverged"] is True and summary["diverged_at_s"] is not None
+    assert summary["final"]["test_loss_mean"] is None
+
+
+def test_a_healthy_run_is_not_marked_diverged(tmp_path: Path) -> None:
+    import json
+
+    assert main(["run", *RUN, "--out", str(tmp_path / "h")]) == 0
+    summary = json.loads((tmp_path / "h" / "summary.json").read_text())
+    assert summary["diverged"] is False and summary["diverged_at_s"] is None

@@ -28,6 +28,7 @@ from peerlearn.config.schema import ExperimentConfig
 from peerlearn.results.comparison import comparison_table, write_comparison
 from peerlearn.results.messages import read_messages_csv, transfer_stats
 from peerlearn.results.rundir import RunDirError, open_run_dir
+from peerlearn.results.summary import dumps
 from peerlearn.runner import run_experiment
 
 _ENTRY = re.compile(r"^\s*([a-z_]+)\s*(?:\[(.*)\])?\s*$")
@@ -123,7 +124,7 @@ def _write(
             comparison["runs"][label]["transfer_s"] = transfer_stats(
                 read_messages_csv(d / "messages.csv")
             )
-    (root / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
+    (root / "comparison.json").write_text(dumps(comparison))
     return comparison
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from peerlearn.results.metrics import MetricsRecorder
 from peerlearn.results.plots import write_plots
 from peerlearn.results.report import summary_table
 from peerlearn.results.rundir import open_run_dir
-from peerlearn.results.summary import build_summary
+from peerlearn.results.summary import build_summary, dumps
 from peerlearn.sim.engine import Simulator
 
 
@@ -46,6 +45,13 @@ def run_experiment(
     if not quiet:
         console.print(summary_table(summary))
         console.print(f"results in [bold]{shown_dir or rd.final}[/bold]")
+    if summary["diverged"]:  # even with --quiet
+        Console(stderr=True).print(
+            f"[red]warning:[/red] {cfg.name}: training diverged (NaN or infinite loss from "
+            f"t={summary['diverged_at_s']:g} s); train.lr = {cfg.train.lr:g} may be too high",
+            highlight=False,
+            soft_wrap=True,
+        )
     return RunOutput(rd.final, summary, recorder)
 
 
@@ -83,7 +89,7 @@ def _run_into(
     if result.message_log is not None:
         write_messages_csv(run_dir / "messages.csv", result.message_log)
     summary = build_summary(cfg=cfg, recorder=recorder, result=result)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (run_dir / "summary.json").write_text(dumps(summary))
     if plots:
         write_plots(recorder, run_dir / "plots", f"{cfg.name}: {cfg.algorithm.name}")
     return summary, recorder
