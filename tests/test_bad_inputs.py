@@ -30,6 +30,43 @@ def run_set(*items: str) -> list[str]:
     return ["run", *SMALL, *[a for item in items for a in ("--set", item)], "--quiet"]
 
 
+ML = ["data.dataset=movielens", "model.name=matrix_factorization", "data.partition=by_user"]
+ML_CSV = "movielens/ml-latest-small/ratings.csv"
+
+
+def _movielens(row: str) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        path = tmp / "mlroot" / ML_CSV
+        path.parent.mkdir(parents=True)
+        good = "".join(f"{u},{i},4.0,964982703\n" for u in range(1, 9) for i in range(1, 6))
+        path.write_text("userId,movieId,rating,timestamp\n" + good + row + "\n")
+
+    return setup
+
+
+def _cifar_bomb(tmp: Path) -> None:
+    """A batch pickle whose array state claims a (10^6, 10^6) object array."""
+    import pickle
+
+    import numpy as np
+
+    folder = tmp / "cfroot" / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    ok = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}
+    for name in [f"data_batch_{i}" for i in range(2, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps(ok, protocol=2))
+    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
+
+    class Bomb:
+        def __reduce__(self):
+            state = (1, (10**6, 10**6), np.dtype("O"), False, [])
+            return (reconstruct, (np.ndarray, (0,), b"b"), state)
+
+    (folder / "data_batch_1").write_bytes(
+        pickle.dumps({b"data": Bomb(), b"labels": [0]}, protocol=2)
+    )
+
+
 CASES = [
     # one-line errors instead of tracebacks
     Case("seed-overflow", run_set("seed=99999999999999999999"), "seed"),
@@ -53,6 +90,32 @@ CASES = [
     Case("name-dotdot", run_set('name="../../x"'), "name"),
     Case("name-absolute", run_set('name="/tmp/x"'), "name"),
     Case("name-empty", run_set('name=""'), "name"),
+    # data files
+    Case(
+        "movielens-200kb-field",
+        run_set(*ML, "data.root=mlroot", "data.download=false"),
+        "ratings.csv",
+        setup=_movielens("1," + "9" * 200_000 + ",4.0,1"),
+        also=["line 42"],
+    ),
+    Case(
+        "movielens-20-digit-user",
+        run_set(*ML, "data.root=mlroot", "data.download=false"),
+        "ratings.csv",
+        setup=_movielens("12345678901234567890,1,4.0,1"),
+        also=["line 42", "user id"],
+    ),
+    Case(
+        "cifar-pickle-bomb",
+        run_set(
+            "data.dataset=cifar10",
+            "model.name=gn_lenet",
+            "data.root=cfroot",
+            "data.download=false",
+        ),
+        "data_batch_1",
+        setup=_cifar_bomb,
+    ),
     # run directories
     Case("out-cannot-be-created", [*run_set(), "--out", "afile/sub"], "afile"),
     Case("out-is-a-file", [*run_set(), "--out", "afile", "--overwrite"], "afile"),
