@@ -67,6 +67,43 @@ def _cifar_bomb(tmp: Path) -> None:
     )
 
 
+def _deployment(csv_rows: list[str] | None = None, stats: str | None = None, summary=None):
+    """A merge-ready run directory ``dep/`` of 3 nodes (node 2 left nothing), with an optional
+    bad file for node 1."""
+
+    def setup(tmp: Path) -> None:
+        import json
+        from dataclasses import asdict
+
+        from peerlearn.config import dump_config, load_config
+        from peerlearn.deploy.node import NodeStats
+
+        run = tmp / "dep"
+        (run / "nodes").mkdir(parents=True)
+        cfg = load_config(None, ["nodes=3", "engine=deploy", "topology.kind=ring"])
+        (run / "config.toml").write_text(dump_config(cfg))
+        for i in range(2):
+            rows = [f"1.0,{i},3,test_acc,0.5", f"1.0,{i},3,test_loss,1.2"]
+            if i == 1 and csv_rows is not None:
+                rows = csv_rows
+            header = "time_s,node,iteration,metric,value\n"
+            (run / "nodes" / f"node-{i}.csv").write_text(header + "\n".join(rows) + "\n")
+            text = json.dumps(asdict(NodeStats(i, iterations=3, end_s=2.0)))
+            if i == 1 and stats is not None:
+                text = stats
+            (run / "nodes" / f"node-{i}.json").write_text(text)
+        if summary is not None:
+            (run / "summary.json").write_text(summary)
+
+    return setup
+
+
+def _keys(tmp: Path) -> None:
+    from peerlearn.deploy.keys import generate_keys
+
+    generate_keys(tmp / "kk", 2)
+
+
 CASES = [
     # one-line errors instead of tracebacks
     Case("seed-overflow", run_set("seed=99999999999999999999"), "seed"),
@@ -115,6 +152,36 @@ CASES = [
         ),
         "data_batch_1",
         setup=_cifar_bomb,
+    ),
+    # deploy-adjacent commands
+    Case("keys-negative-nodes", ["keys", "k", "--nodes", "-3"], "--nodes -3"),
+    Case("keys-existing", ["keys", "kk", "--nodes", "2"], "kk", setup=_keys, also=["--overwrite"]),
+    Case(
+        "merge-corrupt-node-json",
+        ["merge", "dep"],
+        "node-1.json",
+        setup=_deployment(stats='{"node": 1, "iter'),
+    ),
+    Case(
+        "merge-unknown-node-id",
+        ["merge", "dep"],
+        "node-1.csv",
+        setup=_deployment(csv_rows=["1.0,99,3,test_acc,0.5"]),
+        also=["line 2", "99"],
+    ),
+    Case(
+        "merge-accuracy-out-of-range",
+        ["merge", "dep"],
+        "node-1.csv",
+        setup=_deployment(csv_rows=["1.0,1,3,test_acc,7.5"]),
+        also=["test_acc"],
+    ),
+    Case(
+        "merge-simulator-run",
+        ["merge", "dep"],
+        "dep",
+        setup=_deployment(summary='{"engine": "sim"}'),
+        also=["not a deployment"],
     ),
     # run directories
     Case("out-cannot-be-created", [*run_set(), "--out", "afile/sub"], "afile"),
@@ -245,3 +312,26 @@ def test_a_healthy_run_is_not_marked_diverged(tmp_path: Path) -> None:
     assert main(["run", *RUN, "--out", str(tmp_path / "h")]) == 0
     summary = json.loads((tmp_path / "h" / "summary.json").read_text())
     assert summary["diverged"] is False and summary["diverged_at_s"] is None
+
+
+def test_merge_accepts_good_node_files(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _deployment()(tmp_path)
+    assert main(["merge", "dep"]) == 0
+    assert (tmp_path / "dep" / "summary.json").is_file()
+
+
+def test_keys_are_private_and_kept_unless_overwrite(tmp_path: Path, capsys) -> None:
+    import stat
+
+    kdir = tmp_path / "k"
+    assert main(["keys", str(kdir), "--nodes", "2"]) == 0
+    secret = kdir / "node-0.key_secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE((kdir / "node-0.key").stat().st_mode) == 0o644
+    before = secret.read_bytes()
+    assert main(["keys", str(kdir), "--nodes", "2"]) == 2
+    assert secret.read_bytes() == before
+    assert main(["keys", str(kdir), "--nodes", "1", "--overwrite"]) == 0
+    assert secret.read_bytes() != before
+    assert sorted(p.name for p in kdir.iterdir()) == ["node-0.key", "node-0.key_secret"]
