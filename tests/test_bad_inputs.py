@@ -98,6 +98,12 @@ def _deployment(csv_rows: list[str] | None = None, stats: str | None = None, sum
     return setup
 
 
+def _merged_empty(tmp: Path) -> None:
+    """What merging a simulator directory used to leave: an empty summary beside metrics."""
+    _deployment(summary="{}")(tmp)
+    (tmp / "dep" / "metrics.csv").write_text("time_s,node,iteration,metric,value\n1.0,-1,3,x,1\n")
+
+
 def _keys(tmp: Path) -> None:
     from peerlearn.deploy.keys import generate_keys
 
@@ -182,6 +188,13 @@ CASES = [
         "dep",
         setup=_deployment(summary='{"engine": "sim"}'),
         also=["not a deployment"],
+    ),
+    Case(
+        "compare-runs-empty-summary",
+        ["compare-runs", "dep"],
+        "dep",
+        setup=_merged_empty,
+        also=["summary.json lacks"],
     ),
     # run directories
     Case("out-cannot-be-created", [*run_set(), "--out", "afile/sub"], "afile"),

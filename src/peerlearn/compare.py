@@ -31,6 +31,8 @@ from peerlearn.results.rundir import RunDirError, open_run_dir
 from peerlearn.results.summary import dumps
 from peerlearn.runner import run_experiment
 
+#: what compare-runs reads from each summary.json
+SUMMARY_KEYS = ("final", "time_to_accuracy_s", "bytes", "iterations", "wall_time_s")
 _ENTRY = re.compile(r"^\s*([a-z_]+)\s*(?:\[(.*)\])?\s*$")
 
 
@@ -159,6 +161,10 @@ def compare_run_dirs(
             recorder = read_metrics_csv(d / "metrics.csv")
         except (OSError, ValueError) as exc:
             raise RunDirError(f"{d} is not a finished run directory: {exc}") from None
+        missing = [k for k in SUMMARY_KEYS if not isinstance(summary, dict) or k not in summary]
+        if missing or not recorder.rows:
+            what = f"summary.json lacks {', '.join(missing)}" if missing else "metrics.csv is empty"
+            raise RunDirError(f"{d} is not a finished run directory: {what}")
         label = f"{d.name}@{summary.get('engine', 'sim')}"
         if label in summaries:
             raise ConfigError(f"two runs are labelled {label!r}; rename one directory")
