@@ -172,7 +172,11 @@ def open_run_dir(
         target = out
     else:
         created = _make_parents(base)
-        target, lock = _claim_default(base, name)
+        try:
+            target, lock = _claim_default(base, name)
+        except BaseException:
+            _remove_empty(created)
+            raise
     replace = _occupied(target) or target.is_dir()
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
