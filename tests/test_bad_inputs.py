@@ -114,7 +114,7 @@ CASES = [
     # one-line errors instead of tracebacks
     Case("seed-overflow", run_set("seed=99999999999999999999"), "seed"),
     Case("rate-update-inf", run_set("network.rate_update_s=inf"), "network.rate_update_s"),
-    Case("name-nul", run_set('name="a\\u0001b"'), "name"),
+    Case("name-nul", run_set('name="a\\u0000b"'), "name"),
     Case("local-steps-huge", run_set("train.local_steps=1000000000000"), "train.local_steps"),
     Case("batch-size-huge", run_set("train.batch_size=1000000000"), "train.batch_size"),
     Case("hidden-huge", run_set("model.hidden=[100000,100000]"), "model.hidden", also=["GB"]),
