@@ -196,6 +196,11 @@ CASES = [
         setup=_merged_empty,
         also=["summary.json lacks"],
     ),
+    Case(
+        "compare-variant-fails-set-up",
+        ["compare", *SMALL, "--algorithms", "divshare[fragments=1000000]", "--quiet"],
+        "algorithm.fragments",
+    ),
     # run directories
     Case("out-cannot-be-created", [*run_set(), "--out", "afile/sub"], "afile"),
     Case("out-is-a-file", [*run_set(), "--out", "afile", "--overwrite"], "afile"),
