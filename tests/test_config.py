@@ -97,3 +97,14 @@ def test_builder_errors_name_their_section(tmp_path: Path, capsys) -> None:
 def test_dump_is_valid_toml() -> None:
     text = dump_config(load_config(None, ["stop.iterations=5"]))
     assert tomllib.loads(text)["stop"]["iterations"] == 5
+
+
+def test_set_algorithm_name_drops_the_old_algorithms_keys_with_a_notice(capsys) -> None:
+    cfg_path = Path(__file__).resolve().parents[1] / "configs" / "divshare_cifar10_s7_reduced.toml"
+    cfg = load_config(cfg_path, ["algorithm.name=adpsgd"])
+    assert cfg.algorithm.name == "adpsgd" and cfg.algorithm.fanout == 6  # fanout carries over
+    err = capsys.readouterr().err
+    assert "fragments" in err and "flush" in err and "adpsgd" in err
+    # a key given for the new algorithm on the command line is still checked
+    with pytest.raises(ConfigError, match=r"algorithm\.fragments"):
+        load_config(cfg_path, ["algorithm.name=adpsgd", "algorithm.fragments=3"])

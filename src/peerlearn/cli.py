@@ -91,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="ZeroMQ CURVE key pairs for deploy.keys_dir")
     keys.add_argument("dir", type=Path)
     keys.add_argument("--nodes", type=int, required=True)
+    keys.add_argument("--overwrite", action="store_true", help="replace keys already in DIR")
 
     sub.add_parser("list", help="algorithms, datasets, models, partitions, topologies, presets")
 
@@ -156,8 +157,10 @@ def _cmd_node(args) -> int:
 def _cmd_merge(args, out: Console) -> int:
     from peerlearn.config import load_config
     from peerlearn.deploy.launcher import merge_run
+    from peerlearn.deploy.nodefiles import check_node_files
 
     cfg = load_config(args.run_dir / "config.toml", [])
+    check_node_files(cfg, args.run_dir)
     merge_run(cfg, args.run_dir)
     out.print(f"merged into [bold]{args.run_dir}[/bold]")
     return 0
@@ -257,9 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "merge":
             return _cmd_merge(args, out)
         if args.command == "keys":
-            from peerlearn.deploy.process import generate_keys
+            from peerlearn.deploy.keys import generate_keys
 
-            generate_keys(args.dir, args.nodes)
+            generate_keys(args.dir, args.nodes, overwrite=args.overwrite)
             out.print(f"{args.nodes} CURVE key pairs in [bold]{args.dir}[/bold]")
             return 0
         if args.command == "list":

@@ -12,14 +12,14 @@ import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from rich.console import Console
 
 from peerlearn.config.load import (
     ConfigError,
-    algorithm_models,
     apply_overrides,
+    carry_algorithm,
     quickstart_toml,
     read_toml,
     validate,
@@ -27,9 +27,12 @@ from peerlearn.config.load import (
 from peerlearn.config.schema import ExperimentConfig
 from peerlearn.results.comparison import comparison_table, write_comparison
 from peerlearn.results.messages import read_messages_csv, transfer_stats
-from peerlearn.results.rundir import RunDirError, prepare_run_dir
+from peerlearn.results.rundir import RunDirError, open_run_dir
+from peerlearn.results.summary import dumps
 from peerlearn.runner import run_experiment
 
+#: what compare-runs reads from each summary.json
+SUMMARY_KEYS = ("final", "time_to_accuracy_s", "bytes", "iterations", "wall_time_s")
 _ENTRY = re.compile(r"^\s*([a-z_]+)\s*(?:\[(.*)\])?\s*$")
 
 
@@ -65,21 +68,10 @@ def parse_algorithms(spec: str) -> list[tuple[str, str, list[str]]]:
     return out
 
 
-def _algorithm_fields(name: str) -> set[str] | None:
-    for member in algorithm_models():
-        if get_args(member.model_fields["name"].annotation) == (name,):
-            return set(member.model_fields)
-    return None
-
-
 def variant_config(raw: dict[str, Any], name: str, params: list[str]) -> ExperimentConfig:
-    fields = _algorithm_fields(name)
-    if fields is None:
-        # let the normal validation produce the one-line unknown-algorithm error
-        return validate({**raw, "algorithm": {"name": name}})
-    base = {k: v for k, v in (raw.get("algorithm") or {}).items() if k in fields}
-    cfg_raw = {**raw, "algorithm": {**base, "name": name}}
-    cfg_raw = apply_overrides(cfg_raw, [f"algorithm.{p}" for p in params])
+    # an unknown name is left for the normal validation's one-line unknown-algorithm error
+    section, _ = carry_algorithm(raw.get("algorithm") or {}, name)
+    cfg_raw = apply_overrides({**raw, "algorithm": section}, [f"algorithm.{p}" for p in params])
     return validate(cfg_raw)
 
 
@@ -99,17 +91,22 @@ def run_compare(
     cfgs = {label: variant_config(raw, name, params) for label, name, params in variants}
     base = _baseline(baseline, list(cfgs), default=variants[-1][0])  # before hours of runs
     name = next(iter(cfgs.values())).name
-    root = prepare_run_dir(out, f"{name}-compare", overwrite=overwrite)
     console = Console(stderr=True, quiet=quiet)
     summaries: dict[str, dict[str, Any]] = {}
     recorders = {}
-    for label, cfg in cfgs.items():
-        cfg = cfg.model_copy(update={"name": f"{cfg.name}-{label}"})
-        console.print(f"[bold]{label}[/bold]")
-        res = run_experiment(cfg, root / label, quiet=quiet, console=console)
-        summaries[label] = res.summary
-        recorders[label] = res.recorder
-    return _write(root, summaries, recorders, base, quiet, {k: root / k for k in cfgs})
+    with open_run_dir(out, f"{name}-compare", overwrite=overwrite) as rd:
+        root = rd.path
+        for label, cfg in cfgs.items():
+            cfg = cfg.model_copy(update={"name": f"{cfg.name}-{label}"})
+            console.print(f"[bold]{label}[/bold]")
+            res = run_experiment(
+                cfg, root / label, quiet=quiet, console=console, shown_dir=rd.final / label
+            )
+            summaries[label] = res.summary
+            recorders[label] = res.recorder
+        comparison = _write(root, summaries, recorders, base, {k: root / k for k in cfgs})
+    _show(comparison, rd.final, quiet)
+    return comparison
 
 
 def _baseline(chosen: str | None, labels: list[str], *, default: str) -> str:
@@ -120,20 +117,23 @@ def _baseline(chosen: str | None, labels: list[str], *, default: str) -> str:
 
 
 def _write(
-    root: Path, summaries, recorders, base: str, quiet: bool, run_dirs: dict[str, Path]
+    root: Path, summaries, recorders, base: str, run_dirs: dict[str, Path]
 ) -> dict[str, Any]:
-    """comparison.json, joint plots and the printed table."""
+    """comparison.json and the joint plots."""
     comparison = write_comparison(root, summaries, recorders, baseline=base)
     for label, d in run_dirs.items():  # runs with eval.log_messages: transfer-time statistics
         if (d / "messages.csv").exists():
             comparison["runs"][label]["transfer_s"] = transfer_stats(
                 read_messages_csv(d / "messages.csv")
             )
-    (root / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
+    (root / "comparison.json").write_text(dumps(comparison))
+    return comparison
+
+
+def _show(comparison: dict[str, Any], root: Path, quiet: bool) -> None:
     if not quiet:
         Console().print(comparison_table(comparison))
         Console(stderr=True).print(f"results in [bold]{root}[/bold]")
-    return comparison
 
 
 def compare_run_dirs(
@@ -161,6 +161,10 @@ def compare_run_dirs(
             recorder = read_metrics_csv(d / "metrics.csv")
         except (OSError, ValueError) as exc:
             raise RunDirError(f"{d} is not a finished run directory: {exc}") from None
+        missing = [k for k in SUMMARY_KEYS if not isinstance(summary, dict) or k not in summary]
+        if missing or not recorder.rows:
+            what = f"summary.json lacks {', '.join(missing)}" if missing else "metrics.csv is empty"
+            raise RunDirError(f"{d} is not a finished run directory: {what}")
         label = f"{d.name}@{summary.get('engine', 'sim')}"
         if label in summaries:
             raise ConfigError(f"two runs are labelled {label!r}; rename one directory")
@@ -168,5 +172,7 @@ def compare_run_dirs(
     if not summaries:
         raise ConfigError("compare-runs needs at least one run directory")
     base = _baseline(baseline, list(summaries), default=next(iter(summaries)))
-    root = prepare_run_dir(out, "runs-compare", overwrite=overwrite)
-    return _write(root, summaries, recorders, base, quiet, dirs)
+    with open_run_dir(out, "runs-compare", overwrite=overwrite) as rd:
+        comparison = _write(rd.path, summaries, recorders, base, dirs)
+    _show(comparison, rd.final, quiet)
+    return comparison

@@ -15,13 +15,14 @@ import networkx as nx
 import numpy as np
 import torch
 
+from peerlearn.compute import budget
 from peerlearn.compute.sampler import MinibatchStream
 from peerlearn.config.load import ConfigError
 from peerlearn.config.schema import ExperimentConfig
 from peerlearn.data.base import Dataset
 from peerlearn.data.partition import Partition, make_partition
 from peerlearn.data.registry import load_dataset
-from peerlearn.models.zoo import ModelSpec, build_model
+from peerlearn.models.zoo import ModelSpec, build_model, model_shape
 from peerlearn.network.presets import NetworkSpec, build_network
 from peerlearn.network.topology import build_topology
 from peerlearn.protocols.base import NodeContext, Protocol
@@ -133,10 +134,44 @@ def network_spec(cfg: ExperimentConfig) -> NetworkSpec:
     )
 
 
+def check_model_budget(cfg: ExperimentConfig, dataset: Dataset) -> None:
+    """Refuse a run whose model, batches or index buffers cannot fit in this machine's memory
+    (estimated on the meta device, before any of it is allocated)."""
+    m = cfg.model
+    with _section("model"):
+        module = model_shape(
+            m.name,
+            input_shape=dataset.input_shape,
+            num_classes=dataset.num_classes,
+            info=dataset.info,
+            hidden=tuple(m.hidden),
+            factors=m.factors,
+        )
+    params = sum(p.numel() for p in module.parameters())
+    integer = not dataset.train_x.is_floating_point()
+    terms = budget.estimate(
+        nodes=cfg.nodes if cfg.engine == "sim" else cfg.deploy.nodes_per_process,
+        params=params,
+        act_per_sample=budget.activations_per_sample(module, dataset.input_shape, integer),
+        batch_size=cfg.train.batch_size,
+        local_steps=cfg.train.local_steps,
+        device=cfg.compute.device,
+        model_keys={
+            "mlp": f"model.hidden = {list(m.hidden)}",
+            "matrix_factorization": f"model.factors = {m.factors}",
+        }.get(m.name, f"nodes = {cfg.nodes}"),
+    )
+    try:
+        budget.check(terms)
+    except ValueError as exc:
+        raise ConfigError(f"config: {exc}") from None
+
+
 def build_setup(cfg: ExperimentConfig) -> Setup:
     """Build every piece; a builder ValueError becomes a ConfigError naming its section."""
     n, seed = cfg.nodes, cfg.seed
     dataset, partition = load_data(cfg)
+    check_model_budget(cfg, dataset)
     with _section("model"):
         model = build_model(
             cfg.model.name,
@@ -146,6 +181,12 @@ def build_setup(cfg: ExperimentConfig) -> Setup:
             seed=seed,
             hidden=tuple(cfg.model.hidden),
             factors=cfg.model.factors,
+        )
+    fragments = getattr(cfg.algorithm, "fragments", None)
+    if fragments is not None and fragments > model.layout.numel:
+        raise ConfigError(
+            f"config: algorithm.fragments = {fragments}: more fragments than the model has "
+            f"parameters; at most {model.layout.numel:,}"
         )
     t = cfg.topology
     with _section("topology"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,8 @@ from peerlearn.results.messages import write_messages_csv
 from peerlearn.results.metrics import MetricsRecorder
 from peerlearn.results.plots import write_plots
 from peerlearn.results.report import summary_table
-from peerlearn.results.rundir import prepare_run_dir
-from peerlearn.results.summary import build_summary
+from peerlearn.results.rundir import open_run_dir
+from peerlearn.results.summary import build_summary, dumps
 from peerlearn.sim.engine import Simulator
 
 
@@ -36,15 +35,30 @@ def run_experiment(
     quiet: bool = False,
     console: Console | None = None,
     plots: bool = True,
+    shown_dir: Path | None = None,
 ) -> RunOutput:
+    """Run ``cfg`` and write its run directory (staged: see ``open_run_dir``); ``shown_dir`` is
+    the path printed for it (a run inside a comparison that is itself still staged)."""
     console = console or Console(stderr=True, quiet=quiet)
-    run_dir = prepare_run_dir(out, cfg.name, overwrite=overwrite)
-    try:
-        setup = build_setup(cfg)
-    except BaseException:
-        if not any(run_dir.iterdir()):
-            run_dir.rmdir()  # leave nothing behind for a run that never started
-        raise
+    with open_run_dir(out, cfg.name, overwrite=overwrite) as rd:
+        summary, recorder = _run_into(rd.path, cfg, console, quiet, plots)
+    if not quiet:
+        console.print(summary_table(summary))
+        console.print(f"results in [bold]{shown_dir or rd.final}[/bold]")
+    if summary["diverged"]:  # even with --quiet
+        Console(stderr=True).print(
+            f"[red]warning:[/red] {cfg.name}: training diverged (NaN or infinite loss from "
+            f"t={summary['diverged_at_s']:g} s); train.lr = {cfg.train.lr:g} may be too high",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return RunOutput(rd.final, summary, recorder)
+
+
+def _run_into(
+    run_dir: Path, cfg: ExperimentConfig, console: Console, quiet: bool, plots: bool
+) -> tuple[dict[str, Any], MetricsRecorder]:
+    setup = build_setup(cfg)
     (run_dir / "config.toml").write_text(dump_config(cfg))
     recorder = MetricsRecorder()
     stop = cfg.stop.virtual_time_s
@@ -75,10 +89,7 @@ def run_experiment(
     if result.message_log is not None:
         write_messages_csv(run_dir / "messages.csv", result.message_log)
     summary = build_summary(cfg=cfg, recorder=recorder, result=result)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (run_dir / "summary.json").write_text(dumps(summary))
     if plots:
         write_plots(recorder, run_dir / "plots", f"{cfg.name}: {cfg.algorithm.name}")
-    if not quiet:
-        console.print(summary_table(summary))
-        console.print(f"results in [bold]{run_dir}[/bold]")
-    return RunOutput(run_dir, summary, recorder)
+    return summary, recorder

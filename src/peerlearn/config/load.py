@@ -6,7 +6,9 @@ print it and exit with status 2 instead of dumping a traceback.
 
 from __future__ import annotations
 
+import sys
 import tomllib
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any, get_args
@@ -28,9 +30,14 @@ def quickstart_toml() -> str:
 
 def read_toml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+            f"at offset {exc.start}); TOML files must be UTF-8"
+        ) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -75,11 +82,61 @@ def validate(raw: dict[str, Any]) -> ExperimentConfig:
 
 
 def load_config(
-    path: Path | str | None = None, overrides: list[str] | None = None
+    path: Path | str | None = None,
+    overrides: list[str] | None = None,
+    *,
+    notify: Callable[[str], None] | None = None,
 ) -> ExperimentConfig:
-    """The validated config of ``path`` (or the quickstart when None) with overrides applied."""
+    """The validated config of ``path`` (or the quickstart when None) with overrides applied.
+
+    ``--set algorithm.name=X`` switches algorithm: the file's algorithm keys that X does not take
+    are dropped (``notify`` gets a one-line notice naming them; default: stderr).
+    """
     raw = read_toml(Path(path)) if path is not None else tomllib.loads(quickstart_toml())
-    return validate(apply_overrides(raw, overrides or []))
+    overrides = overrides or []
+    raw = _switch_algorithm(raw, overrides, notify or _notice)
+    return validate(apply_overrides(raw, overrides))
+
+
+def _notice(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
+def algorithm_fields(name: str) -> set[str] | None:
+    """The keys algorithm ``name`` takes (None: no such algorithm)."""
+    for member in algorithm_models():
+        if get_args(member.model_fields["name"].annotation) == (name,):
+            return set(member.model_fields)
+    return None
+
+
+def carry_algorithm(section: dict[str, Any], name: str) -> tuple[dict[str, Any], list[str]]:
+    """An ``[algorithm]`` section moved to algorithm ``name``: the keys ``name`` takes (``fanout``
+    carries over from DivShare to Swift, ``fragments`` does not), and the dropped keys."""
+    fields = algorithm_fields(name)
+    if fields is None:  # unknown: validation reports it with the allowed names
+        return {"name": name}, []
+    kept = {k: v for k, v in section.items() if k in fields and k != "name"}
+    dropped = sorted(k for k in section if k not in fields)
+    return {**kept, "name": name}, dropped
+
+
+def _switch_algorithm(
+    raw: dict[str, Any], overrides: list[str], notify: Callable[[str], None]
+) -> dict[str, Any]:
+    names = [v for p, v in map(parse_override, overrides) if p == ["algorithm", "name"]]
+    section = raw.get("algorithm")
+    if not names or not isinstance(section, dict) or not isinstance(names[-1], str):
+        return raw
+    if section.get("name", "dpsgd") == names[-1]:
+        return raw
+    moved, dropped = carry_algorithm(section, names[-1])
+    if dropped and algorithm_fields(names[-1]) is not None:
+        notify(
+            f"algorithm {names[-1]!r} does not take {', '.join(dropped)} "
+            f"(set for {section.get('name', 'dpsgd')!r} in the config); dropped"
+        )
+    return {**raw, "algorithm": moved}
 
 
 def dump_config(cfg: ExperimentConfig) -> str:
@@ -118,8 +175,10 @@ def format_error(exc: ValidationError, raw: dict[str, Any]) -> str:
         return f"config: {key}.name = {tag!r}: unknown algorithm; allowed: {expected}"
     if kind == "literal_error":
         msg = f"not allowed; allowed: {err['ctx']['expected']}"
-    if not loc or kind == "value_error":
-        return f"config: {'[' + key + '] ' if key else ''}{msg}"
+    if not loc:
+        return f"config: {msg}"
+    if kind == "value_error" and isinstance(err.get("input"), dict):  # a section's own check
+        return f"config: [{key}] {msg}"
     return f"config: {key} = {_show(err.get('input'))}: {msg}"
 
 

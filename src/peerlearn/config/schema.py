@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from peerlearn.config.algorithms_async import ADPSGDConfig, DivShareConfig, SwiftConfig
 from peerlearn.config.algorithms_sparse import (
@@ -29,6 +29,29 @@ PresetName = Literal["uniform", "stragglers", "ideal", "divshare_60n7cs5", "diab
 PosInt = Annotated[int, Field(gt=0)]
 PosFloat = Annotated[float, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
+
+#: seeds go to torch and NumPy generators: at most a signed 64-bit integer
+MAX_SEED = 2**63 - 1
+#: a run evaluates at most this many times (stop.virtual_time_s / eval.every_s)
+MAX_EVALUATIONS = 1_000_000
+#: a node trains at most this many minibatch steps in one run
+MAX_STEPS = 1_000_000_000
+#: a run name is a directory name under runs/: no separators, control characters or dot names
+MAX_NAME_LENGTH = 200
+
+
+def check_run_name(name: str) -> str:
+    """``name`` if it is one safe path component, else ValueError saying what is allowed."""
+    allowed = "a single directory name: not empty, no '/', '\\' or control characters"
+    if not name or name.strip() != name:
+        raise ValueError(f"must be {allowed}, without leading or trailing spaces")
+    if name.startswith("."):
+        raise ValueError(f"must not start with '.' ({allowed})")
+    if any(ch in "/\\" or ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise ValueError(f"must be {allowed}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"is {len(name)} characters long; at most {MAX_NAME_LENGTH}")
+    return name
 
 
 class DataConfig(Section):
@@ -211,8 +234,8 @@ class DeployConfig(Section):
 
 
 class ExperimentConfig(Section):
-    name: str = "run"
-    seed: Annotated[int, Field(ge=0)] = 1
+    name: Annotated[str, AfterValidator(check_run_name)] = "run"
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 1
     nodes: Annotated[int, Field(ge=2, le=100_000)] = 16
     engine: Literal["sim", "deploy"] = "sim"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -249,4 +272,36 @@ class ExperimentConfig(Section):
             raise ValueError("dataset 'movielens' needs model 'matrix_factorization'")
         if self.model.name == "gn_lenet" and self.data.dataset not in ("cifar10", "fashion_mnist"):
             raise ValueError("model 'gn_lenet' needs an image dataset (cifar10, fashion_mnist)")
+        self._check_budget()
         return self
+
+    def _check_budget(self) -> None:
+        """Refuse runs that could never finish: too many evaluations or training steps."""
+        vt, every = self.stop.virtual_time_s, self.eval.every_s
+        if vt is not None and vt / every > MAX_EVALUATIONS:
+            raise ValueError(
+                f"stop.virtual_time_s = {vt:g} with eval.every_s = {every:g} means "
+                f"{vt / every:.3g} evaluations; at most {MAX_EVALUATIONS:,} allowed "
+                "(raise eval.every_s or lower stop.virtual_time_s)"
+            )
+        if vt is not None:
+            c = self.compute
+            fastest = min(c.factors) if c.factors else 1.0
+            steps = vt / (c.step_time_s * fastest)
+            if steps > MAX_STEPS:
+                raise ValueError(
+                    f"stop.virtual_time_s = {vt:g} at compute.step_time_s = {c.step_time_s:g} "
+                    f"means {steps:.3g} training steps per node; at most {MAX_STEPS:,} allowed "
+                    "(raise compute.step_time_s or lower stop.virtual_time_s)"
+                )
+        local = self.train.local_steps
+        if local > MAX_STEPS:
+            raise ValueError(
+                f"train.local_steps = {local}: at most {MAX_STEPS:,} steps per local training"
+            )
+        its = self.stop.iterations
+        if its is not None and its * local > MAX_STEPS:
+            raise ValueError(
+                f"stop.iterations = {its} x train.local_steps = {local} means {its * local:.3g} "
+                f"training steps per node; at most {MAX_STEPS:,} allowed"
+            )

@@ -8,7 +8,6 @@ through an allow-list that accepts nothing but the numpy array reconstruction th
 
 from __future__ import annotations
 
-import importlib
 import pickle
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,70 @@ MEAN = 0.5
 STD = 0.5
 
 
+#: the largest array a batch pickle may hold (an official batch's data is 30.7 MB)
+MAX_ARRAY_BYTES = 1 << 30
+
+
+def _checked_array(shape: Any, dtype: Any, raw: Any, fortran: bool = False) -> np.ndarray:
+    """An array from pickled (shape, dtype, raw bytes), checked before anything is allocated:
+    a plain numeric dtype, a shape whose size matches the bytes, at most MAX_ARRAY_BYTES."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or dtype.itemsize == 0:
+        raise pickle.UnpicklingError(f"array dtype {dtype!r} is not a plain numeric type")
+    if not isinstance(shape, tuple) or not all(
+        isinstance(d, int) and 0 <= d <= MAX_ARRAY_BYTES for d in shape
+    ):
+        raise pickle.UnpicklingError(f"array shape {shape!r} is not a tuple of sizes")
+    nbytes = 1
+    for d in shape:
+        nbytes *= d
+    nbytes *= dtype.itemsize
+    if nbytes > MAX_ARRAY_BYTES:
+        raise pickle.UnpicklingError(
+            f"array of shape {shape} ({nbytes:,} bytes) is larger than {MAX_ARRAY_BYTES:,} bytes"
+        )
+    if not isinstance(raw, bytes | bytearray) or len(raw) != nbytes:
+        size = len(raw) if isinstance(raw, bytes | bytearray) else type(raw).__name__
+        raise pickle.UnpicklingError(f"array of shape {shape} needs {nbytes} bytes, found {size}")
+    flat = np.frombuffer(bytes(raw), dtype=dtype)
+    return flat.reshape(shape, order="F" if fortran else "C").copy()
+
+
+class _PendingArray:
+    """What the allow-listed ``_reconstruct`` returns: the real array is made by
+    ``__setstate__`` (pickle's BUILD) only once its shape, dtype and data size are checked."""
+
+    array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("unexpected numpy array state")
+        shape, dtype, fortran, raw = state[-4:]
+        self.array = _checked_array(shape, dtype, raw, bool(fortran))
+
+
+def _reconstruct(subtype: Any, *_: Any) -> _PendingArray:
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"array subtype {subtype!r} is not allowed")
+    return _PendingArray()
+
+
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: str = "C") -> np.ndarray:
+    return _checked_array(tuple(shape), dtype, buf, order == "F")
+
+
+def _resolve(obj: Any) -> Any:
+    """The unpickled object with every pending array replaced by the array it made."""
+    if isinstance(obj, _PendingArray):
+        if obj.array is None:
+            raise pickle.UnpicklingError("an array without its data")
+        return obj.array
+    if isinstance(obj, dict):
+        return {k: _resolve(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_resolve(v) for v in obj]
+    return obj
+
+
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     """The only callables a CIFAR batch pickle may reference, under every module name numpy used."""
     allowed: dict[tuple[str, str], Any] = {
@@ -53,15 +116,10 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     allowed[("_codecs", "encode")] = (
         codecs.encode
     )  # protocol-2 pickles of bytes written by Python 3
+    # numpy's own reconstructors would allocate whatever shape the file names: checked stand-ins
     for core in ("numpy._core", "numpy.core"):
-        for mod, name in (("multiarray", "_reconstruct"), ("numeric", "_frombuffer")):
-            for real_core in ("numpy._core", "numpy.core"):
-                try:
-                    obj = getattr(importlib.import_module(f"{real_core}.{mod}"), name)
-                except (ImportError, AttributeError):
-                    continue
-                allowed[(f"{core}.{mod}", name)] = obj
-                break
+        allowed[(f"{core}.multiarray", "_reconstruct")] = _reconstruct
+        allowed[(f"{core}.numeric", "_frombuffer")] = _frombuffer
     return allowed
 
 
@@ -81,8 +139,15 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One batch as uint8 (n, 3, 32, 32) and int64 (n,); anything odd is an error naming it."""
     try:
         with open(path, "rb") as f:
-            entry = _BatchUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+            entry = _resolve(_BatchUnpickler(f, encoding="bytes").load())
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        MemoryError,
+    ) as e:
         raise ValueError(f"{path}: not a readable CIFAR-10 batch pickle ({e})") from e
     if not isinstance(entry, dict):
         raise ValueError(f"{path}: expected a dict, found {type(entry).__name__}")

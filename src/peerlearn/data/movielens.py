@@ -37,27 +37,56 @@ VARIANTS: dict[str, tuple[str, str, str | None]] = {
 CSV_HEADER = ["userId", "movieId", "rating", "timestamp"]
 
 
+def _short(row: Any) -> str:
+    text = repr(row)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _bad(path: Path, line: int, what: str) -> ValueError:
     return ValueError(f"{path}, line {line}: {what}")
+
+
+#: user and item ids are stored as int64
+MAX_ID = 2**63 - 1
+
+
+def _checked_rows(path: Path, rows: Any, first_line: int) -> Any:
+    """``rows`` numbered from ``first_line``; a line the csv module refuses (a field over its
+    size limit, a stray quote) is an error naming the file and line."""
+    it = iter(rows)
+    line = first_line
+    while True:
+        try:
+            row = next(it)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise _bad(path, line, f"unreadable CSV ({e})") from None
+        yield line, row
+        line += 1
 
 
 def _parse_rows(path: Path, rows: Any, first_line: int) -> tuple[np.ndarray, ...]:
     users: list[int] = []
     items: list[int] = []
     ratings: list[float] = []
-    for line, row in enumerate(rows, start=first_line):
+    for line, row in _checked_rows(path, rows, first_line):
         if not row or (len(row) == 1 and not row[0].strip()):
             continue
         if len(row) != 4:
             raise _bad(
-                path, line, f"expected 4 fields (user, item, rating, timestamp), got {row!r}"
+                path, line, f"expected 4 fields (user, item, rating, timestamp), got {_short(row)}"
             )
         try:
             u, i, r = int(row[0]), int(row[1]), float(row[2])
         except ValueError:
-            raise _bad(path, line, f"cannot parse user/item/rating from {row!r}") from None
+            raise _bad(path, line, f"cannot parse user/item/rating from {_short(row)}") from None
         if not 0.5 <= r <= 5.0:
             raise _bad(path, line, f"rating {r} outside 0.5..5")
+        for what, v in (("user", u), ("item", i)):
+            if not 0 <= v <= MAX_ID:
+                shown = str(v) if len(str(v)) <= 30 else str(v)[:27] + "..."
+                raise _bad(path, line, f"{what} id {shown} outside 0..{MAX_ID}")
         users.append(u)
         items.append(i)
         ratings.append(r)

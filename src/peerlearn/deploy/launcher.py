@@ -42,7 +42,7 @@ from peerlearn.results.metrics import ALL_NODES, MetricsRecorder
 from peerlearn.results.outcome import ByteCounters, RunResult
 from peerlearn.results.plots import write_plots
 from peerlearn.results.rundir import prepare_run_dir
-from peerlearn.results.summary import build_summary, deploy_profile
+from peerlearn.results.summary import build_summary, deploy_profile, dumps
 
 
 def _node_command(
@@ -343,7 +343,7 @@ def merge_run(
     }
     if unmatched is not None:
         summary["deploy"]["messages_log_unmatched"] = unmatched
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (run_dir / "summary.json").write_text(dumps(summary))
     return summary, rec
 
 
@@ -487,7 +487,7 @@ def _deploy_emulated(
         launch_local(cfg, run_dir, log=log, emulated=net, phases=phases)
         summary, _ = merge_run(cfg, run_dir, launcher_t0=t0, phases=phases)
         summary["deploy"]["emulation"] = net.describe()
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (run_dir / "summary.json").write_text(dumps(summary))
         return run_dir, summary
     finally:
         net.down()

@@ -111,11 +111,11 @@ def load_keys(keys_dir: Path, node: int, n_nodes: int) -> tuple[Keys, dict[str, 
     return Keys(public, secret, peers), {k.decode(): j for j, k in peers.items()}
 
 
-def generate_keys(keys_dir: Path, n_nodes: int) -> None:
-    """One CURVE key pair per node: node-<i>.key (public) and node-<i>.key_secret."""
-    keys_dir.mkdir(parents=True, exist_ok=True)
-    for i in range(n_nodes):
-        zmq.auth.create_certificates(str(keys_dir), f"node-{i}")
+def generate_keys(keys_dir: Path, n_nodes: int, *, overwrite: bool = False) -> None:
+    """One CURVE key pair per node (secret keys 0600); see ``peerlearn.deploy.keys``."""
+    from peerlearn.deploy import keys
+
+    keys.generate_keys(keys_dir, n_nodes, overwrite=overwrite)
 
 
 async def _wait_start(

@@ -271,6 +271,29 @@ _BUILDERS: dict[str, tuple[Task, Callable[..., nn.Module]]] = {
 }
 
 
+def model_shape(
+    name: str,
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int | None,
+    info: dict,
+    hidden: tuple[int, ...] = (64,),
+    factors: int = 20,
+) -> nn.Module:
+    """The named model's module on the meta device: its shapes, no memory (and no RNG draws)."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_BUILDERS))}")
+    _, builder = _BUILDERS[name]
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        return builder(
+            input_shape=tuple(input_shape),
+            num_classes=num_classes,
+            info=info,
+            hidden=tuple(hidden),
+            factors=factors,
+        )
+
+
 def build_model(
     name: str,
     *,

@@ -20,12 +20,23 @@ def summary_table(summary: dict[str, Any]) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     final = summary["final"]
+    if summary.get("diverged"):
+        at = summary.get("diverged_at_s")
+        table.add_row(
+            "[bold red]DIVERGED[/bold red]",
+            "[bold red]NaN/inf loss" + ("" if at is None else f" from t={at:.1f} s") + "[/]",
+        )
+
+    def num(key: str, digits: int) -> str:
+        v = final.get(key, 0.0)
+        return "nan" if v is None else f"{v:.{digits}f}"
+
     for key in ("test_acc", "test_rmse", "test_loss"):
         if f"{key}_mean" in final:
             table.add_row(
                 key.replace("_", " "),
-                f"{final[f'{key}_mean']:.4f} ± {final.get(f'{key}_std', 0.0):.4f}"
-                f"  [{final.get(f'{key}_min', 0.0):.3f}, {final.get(f'{key}_max', 0.0):.3f}]",
+                f"{num(f'{key}_mean', 4)} ± {num(f'{key}_std', 4)}"
+                f"  [{num(f'{key}_min', 3)}, {num(f'{key}_max', 3)}]",
             )
     for target, t in summary["time_to_accuracy_s"].items():
         table.add_row(f"time to acc {target}", "never" if t is None else f"{t:.1f} s")

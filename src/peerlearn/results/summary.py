@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import platform
 from typing import Any
 
@@ -33,6 +35,35 @@ def final_metrics(recorder: MetricsRecorder) -> dict[str, float]:
     return last
 
 
+def divergence(recorder: MetricsRecorder) -> float | None:
+    """The first time a test or training metric became NaN or infinite (None: never)."""
+    return min(
+        (
+            t
+            for t, _, _, metric, value in recorder.rows
+            if (metric.startswith("test_") or metric.startswith("train_"))
+            and not math.isfinite(value)
+        ),
+        default=None,
+    )
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None (JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any) -> str:
+    """Strict JSON (non-finite floats as null, never a bare NaN), indented, with a newline."""
+    return json.dumps(finite_or_none(obj), indent=2, allow_nan=False) + "\n"
+
+
 def build_summary(
     *,
     cfg,
@@ -42,7 +73,8 @@ def build_summary(
     c = result.counters
     iters = np.asarray(result.iterations)
     jobs_per_batch = result.train_jobs / result.train_batches if result.train_batches else 0.0
-    return {
+    diverged_at = divergence(recorder)
+    summary = {
         "name": cfg.name,
         "algorithm": cfg.algorithm.name,
         "nodes": cfg.nodes,
@@ -51,6 +83,9 @@ def build_summary(
         "virtual_time_s": result.virtual_time_s,
         "wall_time_s": result.wall_time_s,
         "final": final_metrics(recorder),
+        # training blew up (NaN or infinite loss): the final numbers mean nothing
+        "diverged": diverged_at is not None,
+        "diverged_at_s": diverged_at,
         "time_to_accuracy_s": time_to_accuracy(recorder, cfg.eval.targets),
         # transfers cut off by a drop or by the end of the run leave fractions of bytes: round
         "bytes": {
@@ -83,6 +118,7 @@ def build_summary(
             "python": platform.python_version(),
         },
     }
+    return finite_or_none(summary)
 
 
 def deploy_profile(
