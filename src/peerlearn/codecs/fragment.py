@@ -76,6 +76,17 @@ class FragmentPayload(Payload):
         arr = self.values.detach().to("cpu", torch.float32).numpy().astype("<f4", copy=False)
         return _META.pack(self.fragment, arr.size) + arr.tobytes()
 
+    def to_state(self) -> dict:
+        """For checkpoints (``sim/state.py``): the fields, arrays as they are."""
+        return {"fragment": self.fragment, "values": self.values}
+
+    @classmethod
+    def from_state(cls, state: dict) -> FragmentPayload:
+        values = state["values"]
+        if isinstance(values, torch.Tensor) and numpy_view(values) is not None:
+            return cls.of_array(int(state["fragment"]), values.numpy())
+        return cls(int(state["fragment"]), values)
+
     @classmethod
     def decode(
         cls,
