@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from peerlearn.config import ExperimentConfig, dump_config
+from peerlearn.config import ExperimentConfig, dump_config, load_config
 from peerlearn.experiment import build_setup
 from peerlearn.results.messages import write_messages_csv
 from peerlearn.results.metrics import MetricsRecorder
@@ -18,6 +18,15 @@ from peerlearn.results.plots import write_plots
 from peerlearn.results.report import summary_table
 from peerlearn.results.rundir import prepare_run_dir
 from peerlearn.results.summary import build_summary
+from peerlearn.sim.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    Every,
+    config_digest,
+    load_into,
+    parse_every,
+    read_checkpoint,
+)
 from peerlearn.sim.engine import Simulator
 
 
@@ -36,7 +45,9 @@ def run_experiment(
     quiet: bool = False,
     console: Console | None = None,
     plots: bool = True,
+    checkpoint_every: Every | None = None,
 ) -> RunOutput:
+    """Run ``cfg`` into a new run directory; with ``checkpoint_every``, checkpoint it there."""
     console = console or Console(stderr=True, quiet=quiet)
     run_dir = prepare_run_dir(out, cfg.name, overwrite=overwrite)
     try:
@@ -46,7 +57,64 @@ def run_experiment(
             run_dir.rmdir()  # leave nothing behind for a run that never started
         raise
     (run_dir / "config.toml").write_text(dump_config(cfg))
-    recorder = MetricsRecorder()
+    sim = Simulator(setup, MetricsRecorder())
+    hook = Checkpointer(run_dir, cfg, checkpoint_every) if checkpoint_every else None
+    return _simulate(cfg, run_dir, sim, hook, console=console, quiet=quiet, plots=plots)
+
+
+def resume_experiment(
+    run_dir: Path,
+    *,
+    cfg: ExperimentConfig | None = None,
+    quiet: bool = False,
+    console: Console | None = None,
+    plots: bool = True,
+    checkpoint_every: Every | None = None,
+) -> RunOutput:
+    """Go on with the run in ``run_dir`` from its checkpoint, to the same results.
+
+    ``cfg``, if given, must resolve to the run's own config. Checkpoints go on every
+    ``checkpoint_every``, or as often as before. ``CheckpointError`` if anything does not fit.
+    """
+    console = console or Console(stderr=True, quiet=quiet)
+    run_dir = Path(run_dir)
+    saved = load_config(run_dir / "config.toml")
+    if cfg is not None and config_digest(cfg) != config_digest(saved):
+        raise CheckpointError(
+            f"the config given differs from {run_dir / 'config.toml'}; a run resumes under "
+            "its own config only"
+        )
+    manifest, state = read_checkpoint(run_dir, saved)  # verified before the slow setup
+    sim = Simulator(build_setup(saved), MetricsRecorder())
+    load_into(sim, state, run_dir)
+    del state
+    hook = Checkpointer(
+        run_dir,
+        saved,
+        checkpoint_every or parse_every(str(manifest.get("every", "10m"))),
+        sequence=int(manifest["sequence"]),
+        resumed_at=sim.checkpoint_at,
+    )
+    if not quiet:
+        console.print(
+            f"resuming [bold]{run_dir}[/bold] at t={sim.now:.6g}s "
+            f"(checkpoint {manifest['sequence']})"
+        )
+    return _simulate(saved, run_dir, sim, hook, console=console, quiet=quiet, plots=plots)
+
+
+def _simulate(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    sim: Simulator,
+    hook: Checkpointer | None,
+    *,
+    console: Console,
+    quiet: bool,
+    plots: bool,
+) -> RunOutput:
+    """Run ``sim`` to its end and write the results into ``run_dir``."""
+    recorder = sim.recorder
     stop = cfg.stop.virtual_time_s
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -68,17 +136,22 @@ def run_experiment(
                 acc="" if acc is None else f"acc={acc:.3f}",
             )
 
-        result = Simulator(setup, recorder, progress).run()
+        sim.progress = progress
+        result = sim.run(hook)
         if stop:
             bar.update(task, completed=stop)
     recorder.write_csv(run_dir / "metrics.csv")
     if result.message_log is not None:
         write_messages_csv(run_dir / "messages.csv", result.message_log)
     summary = build_summary(cfg=cfg, recorder=recorder, result=result)
+    if hook is not None:
+        summary["checkpoints"] = hook.stats()
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if plots:
         write_plots(recorder, run_dir / "plots", f"{cfg.name}: {cfg.algorithm.name}")
     if not quiet:
         console.print(summary_table(summary))
         console.print(f"results in [bold]{run_dir}[/bold]")
+    if hook is not None:
+        hook.remove()  # the results are written: nothing is left to resume
     return RunOutput(run_dir, summary, recorder)

@@ -31,6 +31,9 @@ import numpy as np
 from peerlearn import __version__
 from peerlearn.config import ExperimentConfig, dump_config
 from peerlearn.sim import state as state_tree
+from peerlearn.sim.errors import CheckpointError
+
+__all__ = ["CheckpointError", "Checkpointer", "Every", "parse_every", "read_checkpoint"]
 
 #: bumped whenever what a checkpoint holds, or how, changes; other versions are refused
 FORMAT_VERSION = 1
@@ -39,10 +42,6 @@ CHECKPOINT_DIR = "checkpoint"
 MANIFEST = "manifest.json"
 _TREE_KEY = "__tree__"
 _STATE_NAME = re.compile(r"state-(\d{6})\.npz")
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be written, found or trusted; phrased for the user (one line)."""
 
 
 # -- when to checkpoint --------------------------------------------------------------------------
