@@ -127,7 +127,9 @@ def _cmd_run(args, out: Console) -> int:
 
         if args.out is not None or args.overwrite:
             raise CheckpointError("--resume goes on in RUN_DIR itself; drop --out/--overwrite")
-        given = load_config(args.config, args.overrides) if args.config or args.overrides else None
+        # a config or --set given with --resume must resolve to the run's own config
+        base = args.config if args.config is not None else args.resume / "config.toml"
+        given = load_config(base, args.overrides) if args.config or args.overrides else None
         resume_experiment(args.resume, cfg=given, quiet=args.quiet, checkpoint_every=every)
         return 0
     cfg = load_config(args.config, args.overrides)

@@ -82,10 +82,9 @@ class FragmentPayload(Payload):
 
     @classmethod
     def from_state(cls, state: dict) -> FragmentPayload:
-        values = state["values"]
-        if isinstance(values, torch.Tensor) and numpy_view(values) is not None:
-            return cls.of_array(int(state["fragment"]), values.numpy())
-        return cls(int(state["fragment"]), values)
+        payload = cls(int(state["fragment"]), state["values"])
+        payload.array()  # kept from the start, as ``of_array`` does
+        return payload
 
     @classmethod
     def decode(
