@@ -57,7 +57,11 @@ TINY = [
     "eval.every_s=0.25",
     "eval.test_samples=200",
 ]
-EXTRA = {"adpsgd": ["algorithm.variant=atomic"], "divshare": ["network.rate_update_s=0.01"]}
+EXTRA = {
+    "adpsgd": ["algorithm.variant=atomic"],
+    "divshare": ["network.rate_update_s=0.01"],
+    "swift": ["eval.log_messages=true"],
+}
 
 
 def tiny(algorithm: str, *extra: str):
@@ -92,7 +96,7 @@ def _csv(rows_of: Simulator, path: Path) -> bytes:
 def test_stop_save_load_continue_gives_identical_metrics(algorithm: str, tmp_path: Path) -> None:
     cfg = tiny(algorithm)
     ref = Simulator(build_setup(cfg))
-    ref.run()
+    expected_result = ref.run()
     expected = _csv(ref, tmp_path / "ref.csv")
 
     rng = random.Random(algorithm)  # where to stop: varies by algorithm, fixed per run
@@ -108,7 +112,7 @@ def test_stop_save_load_continue_gives_identical_metrics(algorithm: str, tmp_pat
         load_into(sim, state, run_dir)
         assert sim.now == manifest["virtual_time_s"] and sim.now < cfg.stop.virtual_time_s
         if stops is None:
-            sim.run()
+            result = sim.run()
         else:
             with pytest.raises(_Stop):
                 sim.run(
@@ -122,6 +126,19 @@ def test_stop_save_load_continue_gives_identical_metrics(algorithm: str, tmp_pat
                     )
                 )
     assert _csv(sim, tmp_path / "resumed.csv") == expected
+    _assert_same_result(result, expected_result)
+
+
+def _assert_same_result(a, b) -> None:
+    """Every simulated number of two RunResults (wall-clock figures aside) is the same."""
+    assert a.virtual_time_s == b.virtual_time_s and a.finished_all == b.finished_all
+    assert np.array_equal(a.iterations, b.iterations)
+    assert np.array_equal(a.bytes_sent, b.bytes_sent)
+    for k in ("delivered", "wasted", "data", "meta", "received"):
+        assert np.array_equal(getattr(a.counters, k), getattr(b.counters, k)), k
+    assert (a.messages_delivered, a.messages_dropped) == (b.messages_delivered, b.messages_dropped)
+    assert (a.train_batches, a.train_jobs) == (b.train_batches, b.train_jobs)
+    assert a.message_log == b.message_log
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
