@@ -220,6 +220,20 @@ def test_a_valid_checkpoint_is_read(checkpointed: Path) -> None:
     assert manifest["sequence"] == 1 and state["n"] == 6
 
 
+def test_crash_while_writing_the_next_checkpoint_leaves_the_last_one(
+    checkpointed: Path, tmp_path: Path
+) -> None:
+    """Killed after the next state file was renamed but before its manifest: the manifest still
+    names the previous, complete state, and the stray files are never read."""
+    run_dir = _copy(checkpointed, tmp_path)
+    folder = run_dir / CHECKPOINT_DIR
+    (folder / "state-000002.npz").write_bytes(b"half a zip")
+    (folder / ".manifest.json.tmp").write_text('{"format": "peerlearn-checkp')
+    (folder / ".state-000003.npz.tmp").write_bytes(b"")
+    manifest, state = read_checkpoint(run_dir, load_config(run_dir / "config.toml"))
+    assert manifest["sequence"] == 1 and state["n"] == 6
+
+
 def test_corrupted_checkpoint_is_refused(checkpointed: Path, tmp_path: Path, capsys) -> None:
     run_dir = _copy(checkpointed, tmp_path)
     path = _state_file(run_dir)

@@ -9,6 +9,9 @@ the same as running the jobs one by one.
 
 The loop interleaves two sources of time: the event queue, and the network's next transmission
 completion (which moves whenever rates are recomputed, so it is asked for, not queued).
+
+Between two events the loop may hand the simulator to a checkpoint hook; ``state_dict()`` /
+``load_state_dict()`` save and restore everything a run depends on (docs/checkpoint.md).
 """
 
 from __future__ import annotations
