@@ -141,12 +141,19 @@ def _assert_same_result(a, b) -> None:
     assert a.message_log == b.message_log
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    end = time.monotonic() + timeout
-    while not path.exists():
+def _wait_for_checkpoint(run_dir: Path, sequence: int, proc: subprocess.Popen) -> None:
+    """Until the run's manifest names checkpoint ``sequence`` or a later one."""
+    path = run_dir / CHECKPOINT_DIR / MANIFEST
+    end = time.monotonic() + 120.0
+    while True:
         assert proc.poll() is None, proc.communicate()[1]
-        assert time.monotonic() < end, f"no {path} after {timeout} s"
-        time.sleep(0.02)
+        assert time.monotonic() < end, f"no checkpoint {sequence} in {run_dir} after 120 s"
+        try:
+            if json.loads(path.read_text())["sequence"] >= sequence:
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.005)
 
 
 @pytest.mark.parametrize("algorithm", ["divshare", "jwins"])
@@ -162,8 +169,10 @@ def test_kill_9_then_resume_gives_byte_identical_metrics(algorithm: str, tmp_pat
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
-        _wait_for(run / CHECKPOINT_DIR / MANIFEST, proc)
-        time.sleep(random.Random(algorithm).uniform(0.0, 0.5))
+        # a random moment after checkpoint 1 to 4 (of ~30): maybe in the middle of writing one
+        rng = random.Random(algorithm)
+        _wait_for_checkpoint(run, rng.randint(1, 4), proc)
+        time.sleep(rng.uniform(0.0, 0.05))
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
