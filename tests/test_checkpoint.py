@@ -304,6 +304,28 @@ def test_resolved_config_digest_survives_its_round_trip(tmp_path: Path) -> None:
         assert config_digest(load_config(tmp_path / "c.toml")) == config_digest(cfg)
 
 
+def test_a_checkpoint_that_cannot_be_written_is_skipped(
+    checkpointed: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Disk full: a warning, the run goes on, the previous checkpoint stays the one to resume."""
+    run_dir = _copy(checkpointed, tmp_path)
+    cfg = load_config(run_dir / "config.toml")
+    before = (run_dir / CHECKPOINT_DIR / MANIFEST).read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    hook = Checkpointer(run_dir, cfg, parse_every("0.5vs"), sequence=1)
+    sim = Simulator(build_setup(cfg))
+    with pytest.warns(RuntimeWarning, match="No space left"):
+        sim.run(hook)
+    assert hook.failed >= 1 and hook.count == 0 and sim.now == cfg.stop.virtual_time_s
+    assert (run_dir / CHECKPOINT_DIR / MANIFEST).read_bytes() == before
+    assert [p.name for p in (run_dir / CHECKPOINT_DIR).iterdir() if p.name.startswith(".")] == []
+    read_checkpoint(run_dir, cfg)
+
+
 # -- pieces ---------------------------------------------------------------------------------------
 
 

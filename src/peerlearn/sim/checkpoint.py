@@ -22,6 +22,7 @@ import math
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,6 +223,7 @@ class Checkpointer:
         self.every = every
         self.sequence = sequence
         self.count = 0
+        self.failed = 0
         self.last_bytes = 0
         self.last_write_s = 0.0
         self.total_write_s = 0.0
@@ -242,20 +244,33 @@ class Checkpointer:
         return time.perf_counter() >= self._next_wall
 
     def save(self, sim) -> None:
+        """Write a checkpoint. One that cannot be written (disk full, ...) is skipped with a
+        warning: the run goes on, the previous checkpoint stays valid, the next is tried later."""
         t0 = time.perf_counter()
+        try:
+            manifest = write_checkpoint(
+                self.run_dir,
+                sim.state_dict(),
+                config_sha256=self.config_sha256,
+                sequence=self.sequence + 1,
+                extra={
+                    "virtual_time_s": sim.now,
+                    "next_event_s": sim.checkpoint_at,
+                    "every": self.every.text,
+                    "written_unix": time.time(),
+                },
+            )
+        except OSError as exc:
+            self.failed += 1
+            warnings.warn(
+                f"checkpoint {self.sequence + 1} not written to {self.run_dir}: {exc}; the run "
+                "goes on and keeps the previous checkpoint",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._next_wall = time.perf_counter() + self.every.seconds
+            return
         self.sequence += 1
-        manifest = write_checkpoint(
-            self.run_dir,
-            sim.state_dict(),
-            config_sha256=self.config_sha256,
-            sequence=self.sequence,
-            extra={
-                "virtual_time_s": sim.now,
-                "next_event_s": sim.checkpoint_at,
-                "every": self.every.text,
-                "written_unix": time.time(),
-            },
-        )
         self.last_write_s = time.perf_counter() - t0
         self.total_write_s += self.last_write_s
         self.last_bytes = manifest["state_bytes"]
@@ -266,6 +281,7 @@ class Checkpointer:
         return {
             "every": self.every.text,
             "written": self.count,
+            "failed": self.failed,
             "last_bytes": self.last_bytes,
             "last_write_s": self.last_write_s,
             "total_write_s": self.total_write_s,
