@@ -32,6 +32,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="run directory (default: runs/<name>[-k])")
     run.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     run.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    run.add_argument(
+        "--checkpoint-every",
+        metavar="INTERVAL",
+        help="checkpoint into the run directory every INTERVAL of wall-clock time (30s, 10m, "
+        "1h) or of virtual time (50vs); see docs/checkpoint.md",
+    )
+    run.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="go on with an interrupted run from its checkpoint, to the same results",
+    )
 
     cmp = sub.add_parser("compare", help="one experiment under several algorithms, side by side")
     cmp.add_argument("config", nargs="?", type=Path, help="experiment TOML file")
@@ -108,11 +120,27 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_run(args, out: Console) -> int:
     from peerlearn.config import load_config
     from peerlearn.runner import run_experiment
+    from peerlearn.sim.checkpoint import CheckpointError, parse_every
 
+    every = parse_every(args.checkpoint_every) if args.checkpoint_every else None
+    if args.resume is not None:
+        from peerlearn.runner import resume_experiment
+
+        if args.out is not None or args.overwrite:
+            raise CheckpointError("--resume goes on in RUN_DIR itself; drop --out/--overwrite")
+        # a config or --set given with --resume must resolve to the run's own config
+        base = args.config if args.config is not None else args.resume / "config.toml"
+        given = load_config(base, args.overrides) if args.config or args.overrides else None
+        resume_experiment(args.resume, cfg=given, quiet=args.quiet, checkpoint_every=every)
+        return 0
     cfg = load_config(args.config, args.overrides)
     if cfg.engine == "deploy":
+        if every is not None:
+            raise CheckpointError("--checkpoint-every is for simulated runs, not deployments")
         return _cmd_deploy(args, out)
-    run_experiment(cfg, args.out, overwrite=args.overwrite, quiet=args.quiet)
+    run_experiment(
+        cfg, args.out, overwrite=args.overwrite, quiet=args.quiet, checkpoint_every=every
+    )
     return 0
 
 
@@ -217,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     from peerlearn.data.base import DatasetNotFound
     from peerlearn.deploy.errors import DeployError
     from peerlearn.results.rundir import RunDirError
+    from peerlearn.sim.errors import CheckpointError
 
     try:
         if args.command == "run":
@@ -274,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(dump_config(load_config(args.config, args.overrides)), end="")
             return 0
-    except (ConfigError, RunDirError, DatasetNotFound, DeployError) as exc:
+    except (ConfigError, RunDirError, DatasetNotFound, DeployError, CheckpointError) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return USAGE_ERROR
     except KeyboardInterrupt:

@@ -32,6 +32,14 @@ class DenseVector(Payload):
         arr = self.values.detach().to(torch.float32).cpu().numpy().astype("<f4", copy=False)
         return _DEGREE.pack(self.degree) + arr.tobytes()
 
+    def to_state(self) -> dict:
+        """For checkpoints (``sim/state.py``): the fields, arrays as they are."""
+        return {"values": self.values, "degree": self.degree}
+
+    @classmethod
+    def from_state(cls, state: dict) -> DenseVector:
+        return cls(state["values"], int(state["degree"]))
+
     @classmethod
     def decode(cls, buf: bytes) -> DenseVector:
         if len(buf) < _DEGREE.size or (len(buf) - _DEGREE.size) % 4:

@@ -76,6 +76,16 @@ class FragmentPayload(Payload):
         arr = self.values.detach().to("cpu", torch.float32).numpy().astype("<f4", copy=False)
         return _META.pack(self.fragment, arr.size) + arr.tobytes()
 
+    def to_state(self) -> dict:
+        """For checkpoints (``sim/state.py``): the fields, arrays as they are."""
+        return {"fragment": self.fragment, "values": self.values}
+
+    @classmethod
+    def from_state(cls, state: dict) -> FragmentPayload:
+        payload = cls(int(state["fragment"]), state["values"])
+        payload.array()  # kept from the start, as ``of_array`` does
+        return payload
+
     @classmethod
     def decode(
         cls,

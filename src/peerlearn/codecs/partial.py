@@ -65,6 +65,29 @@ class PartialPayload(Payload):
         flags = (self.codec.codec_id << 4) | (_FULL if self.full else 0)
         return _HEAD.pack(self.degree, flags) + self._index_blob + self._value_blob
 
+    def to_state(self) -> dict:
+        """For checkpoints (``sim/state.py``): the fields and the encoded blobs (no re-encoding)."""
+        return {
+            "values": self.values,
+            "indices": self.indices,
+            "degree": self.degree,
+            "codec": self.codec.codec_id,
+            "index_blob": np.frombuffer(self._index_blob, dtype=np.uint8),
+            "value_blob": np.frombuffer(self._value_blob, dtype=np.uint8),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> PartialPayload:
+        payload = object.__new__(cls)
+        payload.values = np.ascontiguousarray(state["values"], dtype=np.float32)
+        indices = state["indices"]
+        payload.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
+        payload.degree = int(state["degree"])
+        payload.codec = codec_by_id(int(state["codec"]))
+        payload._index_blob = np.asarray(state["index_blob"], dtype=np.uint8).tobytes()
+        payload._value_blob = np.asarray(state["value_blob"], dtype=np.uint8).tobytes()
+        return payload
+
     @classmethod
     def decode(
         cls, buf: bytes, *, codec: FloatCodec | None = None, max_values: int = 2**31 - 1

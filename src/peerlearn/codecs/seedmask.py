@@ -82,6 +82,26 @@ class SeedMaskVector(Payload):
         head = _HEAD.pack(self.degree, self.seed, self.fraction, self.n)
         return head + np.ascontiguousarray(self.values, dtype="<f4").tobytes()
 
+    def to_state(self) -> dict:
+        """For checkpoints (``sim/state.py``): the fields (indices come back from the seed)."""
+        return {
+            "seed": self.seed,
+            "fraction": self.fraction,
+            "n": self.n,
+            "values": self.values,
+            "degree": self.degree,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> SeedMaskVector:
+        return cls(
+            int(state["seed"]),
+            float(state["fraction"]),
+            int(state["n"]),
+            state["values"],
+            int(state["degree"]),
+        )
+
     @classmethod
     def decode(cls, buf: bytes) -> SeedMaskVector:
         if len(buf) < _HEAD.size or (len(buf) - _HEAD.size) % 4:

@@ -69,6 +69,14 @@ class SparseVector(Payload):
     def encode(self) -> bytes:
         return _HEAD.pack(self.degree, self.indices.size) + pack_sparse(self.indices, self.values)
 
+    def to_state(self) -> dict:
+        """For checkpoints (``sim/state.py``): the fields, arrays as they are."""
+        return {"indices": self.indices, "values": self.values, "degree": self.degree}
+
+    @classmethod
+    def from_state(cls, state: dict) -> SparseVector:
+        return cls(state["indices"], state["values"], int(state["degree"]))
+
     @classmethod
     def decode(cls, buf: bytes) -> SparseVector:
         if len(buf) < _HEAD.size:

@@ -30,6 +30,18 @@ class MinibatchStream:
         self._order = np.empty(0, dtype=np.int64)  # current pass, shuffled
         self._pos = 0  # next unused position in the current pass
 
+    def state_dict(self) -> dict:
+        """Where the stream stands: its generator, the current pass and the position in it."""
+        return {"rng": self.rng.bit_generator.state, "order": self._order, "pos": self._pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        order = np.asarray(state["order"], dtype=np.int64)
+        if not 0 <= int(state["pos"]) <= len(order):
+            raise ValueError(f"stream position {state['pos']} outside a pass of {len(order)}")
+        self.rng.bit_generator.state = state["rng"]
+        self._order = order
+        self._pos = int(state["pos"])
+
     def take(self, steps: int) -> torch.Tensor:
         """The next ``steps`` minibatches: a (steps, batch_size) int64 tensor of sample indices."""
         if steps < 0:

@@ -108,6 +108,22 @@ class ADPSGDArtifact(ADPSGD):
         self.inbox: dict[int, tuple[int, torch.Tensor]] = {}  # sender -> (tag, model)
         self.received = 0
 
+    def state_dict(self) -> dict:
+        return {
+            **super().state_dict(),
+            "latest": self.latest,
+            "latest_tag": self.latest_tag,
+            "inbox": self.inbox,
+            "received": self.received,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.latest = state["latest"]
+        self.latest_tag = int(state["latest_tag"])
+        self.inbox = dict(state["inbox"])
+        self.received = int(state["received"])
+
     def on_start(self) -> list[Action]:
         return self._train()
 
@@ -173,6 +189,32 @@ class ADPSGDAtomic(ADPSGD):
         self.counts = dict.fromkeys(
             ("completed", "served", "declined", "timeouts", "late", "lost", "unmatched"), 0
         )
+
+    def state_dict(self) -> dict:
+        return {
+            **super().state_dict(),
+            "training": self.training,
+            "x_start": self.x_start,
+            "shadow": self.shadow,
+            "delta": self.delta,
+            "left": self.left,
+            "seq": self.seq,
+            "awaiting": self.awaiting,
+            # peers in insertion order, empty queues included (the dict's order is its history)
+            "outstanding": {peer: list(queue) for peer, queue in self.outstanding.items()},
+            "counts": dict(self.counts),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.training = bool(state["training"])
+        self.x_start, self.shadow, self.delta = state["x_start"], state["shadow"], state["delta"]
+        self.left, self.seq = int(state["left"]), int(state["seq"])
+        self.awaiting = None if state["awaiting"] is None else tuple(state["awaiting"])
+        self.outstanding = defaultdict(
+            deque, {peer: deque(queue) for peer, queue in state["outstanding"].items()}
+        )
+        self.counts = dict(state["counts"])
 
     # -- the node's current model ----------------------------------------------------------------
 

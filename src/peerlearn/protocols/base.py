@@ -139,6 +139,24 @@ class Protocol(ABC):
         self.iteration = 0
         self.finished = False
 
+    # -- checkpoints -----------------------------------------------------------------------------
+    # A protocol's state is everything its future behaviour depends on besides what it was built
+    # from (context, params): a tree of plain values, arrays, tensors and payloads
+    # (``peerlearn.sim.state``). Subclasses extend both methods, calling ``super()``. The model
+    # itself belongs to the engine and is not part of it.
+
+    def state_dict(self) -> dict:
+        return {
+            "iteration": self.iteration,
+            "finished": self.finished,
+            "rng": self.ctx.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iteration = int(state["iteration"])
+        self.finished = bool(state["finished"])
+        self.ctx.rng.bit_generator.state = state["rng"]
+
     def done_iterating(self) -> bool:
         """True once the iteration cap (if any) is reached."""
         return self.max_iterations is not None and self.iteration >= self.max_iterations

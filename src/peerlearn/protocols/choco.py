@@ -41,6 +41,13 @@ class Choco(SyncRounds):
         self.s = np.zeros(self.n, dtype=np.float32)
         self.q: tuple[np.ndarray, np.ndarray] | None = None  # own (indices, values) this round
 
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "x_hat": self.x_hat, "s": self.s, "q": self.q}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.x_hat, self.s, self.q = state["x_hat"], state["s"], state["q"]
+
     def start_records(self) -> list[Action]:
         if self.codec is None:
             return []

@@ -130,6 +130,20 @@ class FragmentGossip(Protocol):
         self.received = 0  # arrivals since the last aggregation, replacements included
         self.stale_ignored = 0  # arrivals older than the copy already waiting
 
+    def state_dict(self) -> dict:
+        return {
+            **super().state_dict(),
+            "inbox": self.inbox,
+            "received": self.received,
+            "stale_ignored": self.stale_ignored,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.inbox = dict(state["inbox"])
+        self.received = int(state["received"])
+        self.stale_ignored = int(state["stale_ignored"])
+
     # -- events ----------------------------------------------------------------------------------
 
     def on_start(self) -> list[Action]:

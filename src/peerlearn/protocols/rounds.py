@@ -39,6 +39,14 @@ class SyncRounds(Protocol):
         self.trained = False
         self.inbox: dict[int, dict[int, Any]] = defaultdict(dict)
 
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "trained": self.trained, "inbox": dict(self.inbox)}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.trained = bool(state["trained"])
+        self.inbox = defaultdict(dict, state["inbox"])
+
     # -- what subclasses provide ----------------------------------------------------------------
     def start_records(self) -> list[Action]:
         """Actions to emit once at start (e.g. which float codec the run uses)."""

@@ -85,6 +85,21 @@ class PartialSharing(SyncRounds):
         self.share_counter = np.zeros(self.length, dtype=np.int64)
         self.own: np.ndarray | None = None  # this round's pre-averaging coefficients
 
+    def state_dict(self) -> dict:
+        return {
+            **super().state_dict(),
+            "x_prev": self.x_prev,
+            "p": self.p,
+            "acc": self.acc,
+            "share_counter": self.share_counter,
+            "own": self.own,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.x_prev, self.p, self.acc = state["x_prev"], state["p"], state["acc"]
+        self.share_counter, self.own = state["share_counter"], state["own"]
+
     # -- transform hooks (identity) -------------------------------------------------------------
     def setup_transform(self) -> None:
         self.length = self.n
@@ -178,6 +193,13 @@ class Subsampling(SyncRounds):
         super().__init__(ctx, params, local_steps=local_steps, max_iterations=max_iterations)
         self.n = int(ctx.model.numel())
         self.own: np.ndarray | None = None
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "own": self.own}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.own = state["own"]
 
     def make_payload(self) -> tuple[Payload, list[Action]]:
         x = self.model_array()

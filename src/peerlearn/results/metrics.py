@@ -27,6 +27,32 @@ class MetricsRecorder:
         for stat, fn in (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max)):
             self.add(time, ALL_NODES, iteration, f"{metric}_{stat}", float(fn(values)))
 
+    def state_dict(self) -> dict:
+        """The rows so far, by column (metric names once each, rows as codes into them)."""
+        names: dict[str, int] = {}
+        codes = [names.setdefault(m, len(names)) for _, _, _, m, _ in self.rows]
+        return {
+            "time_s": np.array([r[0] for r in self.rows], dtype=np.float64),
+            "node": np.array([r[1] for r in self.rows], dtype=np.int64),
+            "iteration": np.array([r[2] for r in self.rows], dtype=np.int64),
+            "metric_names": list(names),
+            "metric": np.array(codes, dtype=np.int64),
+            "value": np.array([r[4] for r in self.rows], dtype=np.float64),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        names = state["metric_names"]
+        columns = (
+            state["time_s"].tolist(),
+            state["node"].tolist(),
+            state["iteration"].tolist(),
+            [names[k] for k in state["metric"].tolist()],
+            state["value"].tolist(),
+        )
+        if len({len(c) for c in columns}) > 1:
+            raise ValueError("metrics columns of different lengths")
+        self.rows = list(zip(*columns, strict=True))
+
     def series(self, metric: str, node: int = ALL_NODES) -> list[tuple[float, float]]:
         """(time, value) pairs of one metric for one node (or the aggregate)."""
         return [(t, v) for t, n, _, m, v in self.rows if m == metric and n == node]

@@ -9,15 +9,21 @@ the same as running the jobs one by one.
 
 The loop interleaves two sources of time: the event queue, and the network's next transmission
 completion (which moves whenever rates are recomputed, so it is asked for, not queued).
+
+Between two events the loop may hand the simulator to a checkpoint hook; ``state_dict()`` /
+``load_state_dict()`` save and restore everything a run depends on (docs/checkpoint.md).
 """
 
 from __future__ import annotations
 
 import gc
 import math
+import random
 import time as wallclock
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+from typing import Protocol as Protocol_
 
 import numpy as np
 import torch
@@ -58,6 +64,16 @@ class _Job:
 
 
 ProgressFn = Callable[[float, float | None], None]
+
+
+class CheckpointHook(Protocol_):
+    """Asked at every consistent point of the loop (between events) whether to save the state."""
+
+    def due(self, t_next: float) -> bool:
+        """Whether to save now, before the next event (at virtual time ``t_next``) happens."""
+
+    def save(self, sim: Simulator) -> None:
+        """Save ``sim.state_dict()``; it must not change the simulator."""
 
 
 class Simulator:
@@ -110,13 +126,26 @@ class Simulator:
         self.eval_wall = 0.0
         self.last_eval_time = -math.inf
         self.last_mean_acc: float | None = None
+        self.started = False  # the start events are queued (False until run, or a resumed state)
+        self.wall_before = 0.0  # wall seconds spent by earlier processes (a resumed run)
+        self._wall_start = wallclock.perf_counter()
+        #: the virtual time of the next event when the last checkpoint was taken (or loaded)
+        self.checkpoint_at: float | None = None
+        self._checkpoint: CheckpointHook | None = None
 
     # -----------------------------------------------------------------------------------------
-    def run(self) -> RunResult:
-        t0 = wallclock.perf_counter()
-        self.queue.push(0.0, (_EVAL, None))
-        for i in range(self.n):
-            self.queue.push(0.0, (_NODE, i, Started()))
+    def run(self, checkpoint: CheckpointHook | None = None) -> RunResult:
+        """Run to the end; from where a loaded state stopped, if ``load_state_dict`` was called.
+
+        ``checkpoint`` is asked between events whether to save the state, and saves it.
+        """
+        t0 = self._wall_start = wallclock.perf_counter()
+        self._checkpoint = checkpoint
+        if not self.started:
+            self.queue.push(0.0, (_EVAL, None))
+            for i in range(self.n):
+                self.queue.push(0.0, (_NODE, i, Started()))
+            self.started = True
         # The loop allocates millions of short-lived objects, each freed by reference counting,
         # which keeps triggering the cyclic collector; freezing what exists now (datasets, models,
         # the setup) spares every collection a walk over it, and a higher first-generation
@@ -137,7 +166,7 @@ class Simulator:
         self._flush_delivered_bytes()
         return RunResult(
             virtual_time_s=end,
-            wall_time_s=wallclock.perf_counter() - t0,
+            wall_time_s=self.wall_before + wallclock.perf_counter() - t0,
             train_wall_s=self.train_wall,
             eval_wall_s=self.eval_wall,
             iterations=np.array([p.iteration for p in self.protocols]),
@@ -153,7 +182,7 @@ class Simulator:
 
     def _loop(self) -> float:
         """Process events and transmissions until all nodes finish or time runs out; the end."""
-        net, queue = self.net, self.queue
+        net, queue, checkpoint = self.net, self.queue, self._checkpoint
         while True:
             if self.finished == self.n:  # checked every event: a counter, not a scan
                 return self.now
@@ -164,6 +193,12 @@ class Simulator:
                 return self.stop_time
             if math.isinf(t_next):  # nothing can happen any more
                 return self.now
+            # Between two events: every earlier one is fully handled, nothing of the next one
+            # has happened (asking the network for t_net above only recomputes what it would
+            # recompute anyway), so the state saved here is all a resumed run needs.
+            if checkpoint is not None and checkpoint.due(t_next):
+                self.checkpoint_at = t_next
+                checkpoint.save(self)
             if t_net <= t_event:
                 self._transmissions_done(net.advance_rounds(t_net))
                 self.now = t_net
@@ -396,3 +431,177 @@ class Simulator:
         self.last_mean_acc = float(out["acc"].double().mean()) if "acc" in out else None
         if self.progress is not None:
             self.progress(t, self.last_mean_acc)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a run built from the same config needs to go on exactly as this one would.
+
+        Valid between events (the ``CheckpointHook`` points of the loop). Pending training jobs
+        are saved as they are (snapshot, minibatches, and the result if the batch that computed
+        it already ran), so a resumed run batches the same jobs together and computes the same
+        numbers. Reading the state changes nothing. Plain SGD keeps no optimizer state: the
+        models are all of it.
+        """
+        messages = list(self.messages.values())
+        log = self.message_log
+        return {
+            "n": self.n,
+            "numel": int(self.models.shape[1]),
+            "started": self.started,
+            "now": self.now,
+            "models": self.models,
+            "queue": self.queue.state_dict(_encode_item),
+            "net": self.net.state_dict(),
+            "protocols": [p.state_dict() for p in self.protocols],
+            "streams": [s.state_dict() for s in self.streams],
+            "jobs": [
+                [node, j.job.start, j.job.batches, j.result, j.loss]
+                for node, j in self.jobs.items()
+            ],
+            "messages": {
+                "src": [m.src for m, _ in messages],
+                "dst": [m.dst for m, _ in messages],
+                "kind": [m.kind for m, _ in messages],
+                "iteration": [m.iteration for m, _ in messages],
+                "payload": [m.payload for m, _ in messages],
+                "id": [m.id for m, _ in messages],
+                "sent_at": np.array([m.sent_at for m, _ in messages], dtype=np.float64),
+                "sizes": [list(size) for _, size in messages],
+                "extra": [m.extra for m, _ in messages],
+            },
+            "next_msg_id": self._next_msg_id,
+            "counters": {
+                k: getattr(self.counters, k)
+                for k in ("delivered", "wasted", "data", "meta", "received")
+            },
+            "delivered_bytes": [list(row) for row in self._delivered_bytes],
+            "finished": self.finished,
+            "messages_delivered": self.messages_delivered,
+            "messages_dropped": self.messages_dropped,
+            "message_log": None if log is None else [list(row) for row in log],
+            "train_batches": self.train_batches,
+            "train_jobs": self.train_jobs,
+            "train_wall": self.train_wall,
+            "eval_wall": self.eval_wall,
+            "last_eval_time": self.last_eval_time,
+            "last_mean_acc": self.last_mean_acc,
+            "recorder": self.recorder.state_dict(),
+            "wall_time_s": self.wall_before + wallclock.perf_counter() - self._wall_start,
+            "checkpoint_at": self.checkpoint_at,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "torch_cuda": (
+                    torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+                ),
+                "numpy": list(np.random.get_state()),
+                "python": _python_rng_state(),
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take over a state saved by ``state_dict`` of a simulator built from the same config.
+
+        Call it on a fresh simulator, then ``run()`` goes on from there.
+        """
+        numel = int(self.models.shape[1])
+        if state["n"] != self.n or state["numel"] != numel:
+            raise ValueError(
+                f"state of {state['n']} nodes x {state['numel']} parameters does not fit this "
+                f"run ({self.n} x {numel})"
+            )
+        self.started = bool(state["started"])
+        self.now = float(state["now"])
+        self.models.copy_(state["models"])  # in place: the protocols hold views of its rows
+        self.queue.load_state_dict(state["queue"], _decode_item)
+        self.net.load_state_dict(state["net"])
+        for proto, s in zip(self.protocols, state["protocols"], strict=True):
+            proto.load_state_dict(s)
+        for stream, s in zip(self.streams, state["streams"], strict=True):
+            stream.load_state_dict(s)
+        device = self.trainer.device
+        self.jobs = {}
+        for node, start, batches, result, loss in state["jobs"]:
+            self.jobs[int(node)] = _Job(
+                TrainJob(start=start, batches=batches),
+                None if result is None else result.to(device),
+                None if loss is None else float(loss),
+            )
+        m = state["messages"]
+        self.messages = {}
+        for src, dst, kind, it, payload, msg_id, sent_at, sizes, extra in zip(
+            m["src"], m["dst"], m["kind"], m["iteration"], m["payload"], m["id"],
+            m["sent_at"].tolist(), m["sizes"], m["extra"], strict=True,
+        ):  # fmt: skip
+            msg = Message(src, dst, kind, it, payload, msg_id, sent_at)
+            msg.extra = extra
+            self.messages[msg_id] = (msg, tuple(sizes))
+        self._next_msg_id = int(state["next_msg_id"])
+        for k, values in state["counters"].items():
+            getattr(self.counters, k)[:] = values
+        self._delivered_bytes = [[int(v) for v in row] for row in state["delivered_bytes"]]
+        self.finished = int(state["finished"])
+        self.messages_delivered = int(state["messages_delivered"])
+        self.messages_dropped = int(state["messages_dropped"])
+        log = state["message_log"]
+        self.message_log = None if log is None else [tuple(row) for row in log]
+        self.train_batches = int(state["train_batches"])
+        self.train_jobs = int(state["train_jobs"])
+        self.train_wall = float(state["train_wall"])
+        self.eval_wall = float(state["eval_wall"])
+        self.last_eval_time = float(state["last_eval_time"])
+        self.last_mean_acc = state["last_mean_acc"]
+        self.recorder.load_state_dict(state["recorder"])
+        self.wall_before = float(state["wall_time_s"])
+        self.checkpoint_at = state["checkpoint_at"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"].to(torch.uint8))
+        if rng["torch_cuda"]:
+            torch.cuda.set_rng_state_all([s.to(torch.uint8) for s in rng["torch_cuda"]])
+        np.random.set_state(tuple(rng["numpy"]))
+        _set_python_rng_state(rng["python"])
+
+
+# event queue items <-> plain values
+def _encode_item(item: tuple) -> list:
+    kind = item[0]
+    if kind == _DELIVER:
+        return [kind, item[1]]
+    if kind == _EVAL:
+        return [kind]
+    _, node, event = item
+    if type(event) is TrainingDone:
+        return [kind, node, "training_done", event.steps]
+    if type(event) is TimerFired:
+        return [kind, node, "timer", event.tag]
+    if type(event) is Started:
+        return [kind, node, "started"]
+    raise TypeError(f"cannot save queued event {event!r}")
+
+
+def _decode_item(value: list) -> tuple:
+    kind = value[0]
+    if kind == _DELIVER:
+        return (_DELIVER, [int(i) for i in value[1]])
+    if kind == _EVAL:
+        return (_EVAL, None)
+    if kind != _NODE:
+        raise ValueError(f"unknown queued event kind {kind!r}")
+    node, name = int(value[1]), value[2]
+    if name == "training_done":
+        return (_NODE, node, TrainingDone(int(value[3])))
+    if name == "timer":
+        return (_NODE, node, TimerFired(str(value[3])))
+    if name == "started":
+        return (_NODE, node, Started())
+    raise ValueError(f"unknown queued event {name!r}")
+
+
+def _python_rng_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_python_rng_state(state: list) -> None:
+    version, internal, gauss = state
+    random.setstate((version, tuple(internal), gauss))

@@ -5,7 +5,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 
 class EventQueue:
@@ -25,6 +28,26 @@ class EventQueue:
     def requeue(self, time: float, seq: int, item: Any) -> None:
         """Push an item under the key of one popped with ``pop_entry``: it keeps its turn."""
         heapq.heappush(self._heap, (time, seq, item))
+
+    def state_dict(self, encode_item: Callable[[Any], Any]) -> dict:
+        """The entries in heap order and the next sequence number; items via ``encode_item``."""
+        heap = self._heap
+        nxt = next(self._seq)
+        self._seq = itertools.count(nxt)  # the number just drawn is handed out again
+        return {
+            "time": np.array([e[0] for e in heap], dtype=np.float64),
+            "seq": np.array([e[1] for e in heap], dtype=np.int64),
+            "items": [encode_item(e[2]) for e in heap],
+            "next_seq": nxt,
+        }
+
+    def load_state_dict(self, state: dict, decode_item: Callable[[Any], Any]) -> None:
+        times, seqs, items = state["time"].tolist(), state["seq"].tolist(), state["items"]
+        if not len(times) == len(seqs) == len(items):
+            raise ValueError("event queue columns of different lengths")
+        self._heap = [(t, s, decode_item(i)) for t, s, i in zip(times, seqs, items, strict=True)]
+        heapq.heapify(self._heap)  # a no-op on a saved heap; keys are unique, so order is fixed
+        self._seq = itertools.count(int(state["next_seq"]))
 
     def peek_time(self) -> float:
         return self._heap[0][0] if self._heap else math.inf

@@ -350,6 +350,68 @@ class FlowNetwork:
                 self._finish_slots([slot], [msg_id], completed=False)
         return out
 
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    _SLOT_ARRAYS = ("_slot_msg", "_src", "_dst", "_size", "_rem", "_ref", "_rate", "_finish")
+
+    def state_dict(self) -> dict:
+        """Everything that changes as messages come and go (capacities, latencies and routes are
+        rebuilt from the config): pending messages and connections in their order, the flow
+        slots as they are (so the same slots are reused), byte counters, the rate-update clock."""
+        msgs = list(self._msgs.items())
+        return {
+            "n": self.n,
+            "resources": len(self._cap_list),
+            "now": self.now,
+            "msg_id": np.array([m for m, _ in msgs], dtype=np.int64),
+            "msg": np.array([v for _, v in msgs], dtype=np.int64).reshape(len(msgs), 5),
+            "conns": [[src, list(conns.items())] for src, conns in self._conns.items()],
+            "enqueued": self._enqueued,
+            "done_sent": np.array(self._done_sent, dtype=np.float64),
+            "done_recv": np.array(self._done_recv, dtype=np.float64),
+            **{name: getattr(self, name).copy() for name in self._SLOT_ARRAYS},
+            "start_seq": self._start_seq.copy(),
+            "slot_res": [list(r) for r in self._slot_res],
+            "free": list(self._free),
+            "first": self._first,
+            "seq": self._seq,
+            "dirty": self._dirty,
+            "last_update": self._last_update,
+            "used": np.array(self._used, dtype=np.float64),
+            "recomputations": self.recomputations,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["n"] != self.n or state["resources"] != len(self._cap_list):
+            raise ValueError(
+                f"network state of {state['n']} nodes and {state['resources']} resources does "
+                f"not fit this network ({self.n} nodes, {len(self._cap_list)} resources)"
+            )
+        slots = len(state["_slot_msg"])
+        if any(len(state[k]) != slots for k in (*self._SLOT_ARRAYS, "start_seq", "slot_res")):
+            raise ValueError("network flow slots of different lengths")
+        self.now = float(state["now"])
+        ids, rows = state["msg_id"].tolist(), state["msg"].tolist()
+        self._msgs = dict(zip(ids, rows, strict=True))
+        self._conns = {
+            int(src): {int(dst): [int(m) for m in queue] for dst, queue in conns}
+            for src, conns in state["conns"]
+        }
+        self._enqueued = int(state["enqueued"])
+        self._done_sent = state["done_sent"].tolist()
+        self._done_recv = state["done_recv"].tolist()
+        for name in self._SLOT_ARRAYS:
+            setattr(self, name, state[name])
+        self._start_seq = state["start_seq"]
+        self._slot_res = [tuple(int(r) for r in res) for res in state["slot_res"]]
+        self._free = [int(s) for s in state["free"]]
+        self._first = None if state["first"] is None else float(state["first"])
+        self._seq = int(state["seq"])
+        self._dirty = bool(state["dirty"])
+        self._last_update = float(state["last_update"])
+        self._used = state["used"].tolist()
+        self.recomputations = int(state["recomputations"])
+
     # -- internals -------------------------------------------------------------------------------
 
     def _active_slots(self) -> np.ndarray:

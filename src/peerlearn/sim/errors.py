@@ -1,0 +1,5 @@
+"""Errors of the simulator's command-line paths, importable without torch (the CLI catches them)."""
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be written, found or trusted; phrased for the user (one line)."""
