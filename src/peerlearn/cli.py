@@ -140,8 +140,10 @@ def _sweep_status(outcome) -> int:
     err = Console(stderr=True)
     if outcome.failed:
         err.print(f"[red]{len(outcome.failed)} run(s) failed[/red] (rerun to retry them):")
-        for name in outcome.failed:
-            err.print(f"  {escape(str(outcome.out / 'runs' / name))}/error.txt")
+        for name, error in outcome.failed.items():
+            last = error.strip().splitlines()[-1] if error.strip() else "unknown error"
+            err.print(f"  {escape(name)}: {escape(last)}", soft_wrap=True)
+            err.print(f"    {escape(str(outcome.out / 'runs' / name))}/error.txt", soft_wrap=True)
         return 1
     err.print(f"results in [bold]{escape(str(outcome.out))}[/bold]")
     return 0

@@ -136,11 +136,11 @@ def run_sweep(
     if ray is not None:
         from peerlearn.sweep.executors import RayExecutor
 
-        executor: Any = RayExecutor(ray, spec.resources)
+        executor: Any = RayExecutor(ray, spec.resources, spec.threads)
     else:
         from peerlearn.sweep.executors import LocalExecutor
 
-        executor = LocalExecutor(jobs or spec.jobs or 1)
+        executor = LocalExecutor(jobs or spec.jobs or 1, spec.threads)
     console.print(
         f"[bold]{spec.name}[/bold]: {len(spec.runs)} runs, {len(outcome.skipped)} already "
         f"finished, {len(todo)} to run on {executor.where}"

@@ -70,14 +70,16 @@ class RayExecutor:
     back to the driver, which writes them. ``address``: "auto" (a running cluster, else a local
     one), "local" (always a new local one) or "ray://HOST:10001" / "HOST:6379"."""
 
-    def __init__(self, address: str, resources: dict[str, float] | None = None) -> None:
+    def __init__(
+        self, address: str, resources: dict[str, float] | None = None, threads: int | None = None
+    ) -> None:
         try:
             import ray
         except ImportError:
             raise ConfigError("--ray needs the ray package: pip install 'peerlearn[ray]'") from None
         self.ray = ray
         self.resources = {"num_cpus": 1.0, **(resources or {})}
-        self.threads = max(1, int(self.resources["num_cpus"]))
+        self.threads = threads or max(1, int(self.resources["num_cpus"]))
         self.running = 0
         self._started = False
         if not ray.is_initialized():

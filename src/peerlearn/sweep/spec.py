@@ -11,6 +11,8 @@ seeds = "1-5"                    # or [1, 2, 3], or 7
 baseline = "adpsgd"              # ratios are taken against it (default: the last variant)
 out = "sweeps/digits-algos"      # default: sweeps/<name>
 jobs = 2                         # local processes (--jobs overrides)
+threads = 1                      # torch threads per run (default: cores // jobs locally,
+                                 # num_cpus on Ray); fix it to compare executors bit for bit
 
 [sweep.grid]                     # every combination (cartesian product)
 "train.lr" = [0.05, 0.1]
@@ -67,6 +69,7 @@ SWEEP_KEYS = {
     "zip",
     "resources",
     "allow_unequal_grids",
+    "threads",
 }
 RESOURCE_KEYS = {"num_cpus", "num_gpus", "memory"}
 
@@ -99,6 +102,7 @@ class SweepSpec:
     jobs: int | None = None
     resources: dict[str, float] = field(default_factory=dict)
     allow_unequal_grids: bool = False
+    threads: int | None = None
     source: str = ""  # the sweep file's text (copied into the sweep directory)
 
 
@@ -183,6 +187,13 @@ def _points(grid: dict[str, Any], zipped: dict[str, Any]) -> list[dict[str, Any]
     n_zip = next(iter(lengths.values()), 1)
     zip_points = [{k: v[i] for k, v in zipped.items()} for i in range(n_zip)]
     return [{**g, **z} for g in grid_points for z in zip_points]
+
+
+def _positive_int(sw: dict[str, Any], key: str) -> int | None:
+    value = sw.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"sweep: {key} = {value!r}: expected an integer >= 1")
+    return value
 
 
 def load_sweep(
@@ -276,9 +287,7 @@ def load_sweep(
                     )
                 )
     out = Path(sw.get("out") or Path("sweeps") / name)
-    jobs = sw.get("jobs")
-    if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
-        raise ConfigError(f"sweep: jobs = {jobs!r}: expected an integer >= 1")
+    jobs = _positive_int(sw, "jobs")
     return SweepSpec(
         name=name,
         out=out,
@@ -289,6 +298,7 @@ def load_sweep(
         jobs=jobs,
         resources={k: float(v) for k, v in resources.items()},
         allow_unequal_grids=bool(sw.get("allow_unequal_grids", False)),
+        threads=_positive_int(sw, "threads"),
         source=text,
     )
 
