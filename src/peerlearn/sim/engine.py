@@ -110,6 +110,10 @@ class Simulator:
         self.eval_wall = 0.0
         self.last_eval_time = -math.inf
         self.last_mean_acc: float | None = None
+        # eval.every_iterations: evaluate when every node has reached the next multiple
+        self.round_every: int | None = cfg.eval.every_iterations
+        self.round_target = self.round_every or 0
+        self.round_reached: set[int] = set()
 
     # -----------------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -231,6 +235,8 @@ class Simulator:
             if not actions:  # most deliveries
                 continue
             self._carry_out(dst, proto, actions)
+            if self.round_every is not None and proto.iteration >= self.round_target:
+                self._round_progress(dst)
             if k < last:
                 if self.finished == self.n:
                     return
@@ -248,7 +254,7 @@ class Simulator:
         elif kind == _EVAL:
             self._evaluate()
             nxt = self.now + self.cfg.eval.every_s
-            if nxt <= self.stop_time:
+            if nxt <= self.stop_time and self.round_every is None:
                 self.queue.push(nxt, (_EVAL, None))
 
     def _feed(self, node: int, event) -> None:
@@ -257,6 +263,17 @@ class Simulator:
         actions = proto.handle(event)
         if actions:
             self._carry_out(node, proto, actions)
+        if self.round_every is not None and proto.iteration >= self.round_target:
+            self._round_progress(node)
+
+    def _round_progress(self, node: int) -> None:
+        """Evaluate once the last node reaches the round target (eval.every_iterations)."""
+        self.round_reached.add(node)
+        while len(self.round_reached) == self.n:
+            self._evaluate()
+            self.round_target += self.round_every
+            target = self.round_target
+            self.round_reached = {i for i, p in enumerate(self.protocols) if p.iteration >= target}
 
     def _carry_out(self, node: int, proto: Protocol, actions: list) -> None:
         """Carry out a node's actions in order."""
