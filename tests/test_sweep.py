@@ -202,3 +202,42 @@ out = "{out}"
     assert sorted(r["status"] for r in index["runs"]) == ["failed", "finished"]
     failed = next(r for r in index["runs"] if r["status"] == "failed")
     assert (out / failed["dir"] / "error.txt").exists()
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or (
+        "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+    )
+
+
+def _headless(browser: str, page: Path, tmp: Path, *mode: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", f"--user-data-dir={tmp / 'profile'}", "--window-size=1280,2400",
+         "--enable-logging=stderr", "--v=0", *mode, page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_report_in_headless_chromium(pool_sweep: Path, tmp_path: Path) -> None:
+    page = tmp_path / "report.html"
+    assert main(["report", str(pool_sweep), "-o", str(page)]) == 0
+    text = page.read_text()
+    assert text.count("<svg") == 5  # acc and loss vs time and bytes, per-node spread
+    assert "http://" not in text.replace("http://www.w3.org", "")  # nothing to fetch
+    assert "swift" in text and "± " in text and "algorithm.name" in text
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    # every console message (errors and uncaught exceptions too) is logged as ':CONSOLE'
+    bad = tmp_path / "bad.html"
+    bad.write_text("<html><body><script>undefinedFn();</script></body></html>")
+    assert ":CONSOLE" in _headless(browser, bad, tmp_path, "--dump-dom").stderr
+    dom = _headless(browser, page, tmp_path, "--dump-dom")
+    assert dom.returncode == 0 and ":CONSOLE" not in dom.stderr, dom.stderr[-2000:]
+    assert 'data-ready="yes"' in dom.stdout and dom.stdout.count("<svg") == 5
+    shot = tmp_path / "report.png"
+    res = _headless(browser, page, tmp_path, f"--screenshot={shot}")
+    assert res.returncode == 0 and ":CONSOLE" not in res.stderr
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000

@@ -13,6 +13,7 @@ import html
 import io
 import json
 import platform
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ table{border-collapse:collapse;margin:1em 0;font-size:.9em}
 th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right}
 th:first-child,td:first-child{text-align:left}
 th{background:#f4f4f4}.plots{display:flex;flex-wrap:wrap;gap:1em}
-.plot{flex:1 1 520px}.plot svg{width:100%;height:auto}.note{color:#666;font-size:.85em}
+.plot{flex:0 1 calc(50% - .5em);min-width:480px}.plot svg{width:100%;height:auto}
+.note{color:#666;font-size:.85em}
 .warn{color:#a00;font-weight:bold}
 """
 
@@ -45,7 +47,9 @@ def _svg(fig) -> str:
     fig.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(fig)
     text = buf.getvalue()
-    return text[text.index("<svg") :]
+    # no XML prolog, and no RDF metadata block (a creation date: reports of the same runs are
+    # byte-identical; and namespace URLs that look like links)
+    return re.sub(r"<metadata>.*?</metadata>", "", text[text.index("<svg") :], flags=re.S)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
