@@ -241,3 +241,22 @@ def test_report_in_headless_chromium(pool_sweep: Path, tmp_path: Path) -> None:
     res = _headless(browser, page, tmp_path, f"--screenshot={shot}")
     assert res.returncode == 0 and ":CONSOLE" not in res.stderr
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_compare_seeds_is_the_same_sweep(pool_sweep: Path, tmp_path: Path, capsys) -> None:
+    """compare --seeds resolves to the same run configs (hashes) as the sweep file: pointed at
+    a copy of its directory it finds every run finished and gives the same statistics."""
+    out = tmp_path / "cmp"
+    shutil.copytree(pool_sweep, out)
+    sets = [a for s in SMALL for a in ("--set", s)]
+    args = ["compare", "--algorithms", "swift,dpsgd", "--seeds", "1-3", "--out", str(out)]
+    assert main([*args, "--quiet", *sets]) == 0
+    assert "0 to run" not in capsys.readouterr().err  # quiet: no chatter
+    assert json.loads((out / "stats.json").read_text()) == json.loads(
+        (pool_sweep / "stats.json").read_text()
+    )
+    index = json.loads((out / "sweep.json").read_text())
+    assert index["baseline"] == "dpsgd" and len(index["runs"]) == 6
+    assert {p.name for p in (out / "runs").iterdir()} == {
+        p.name for p in (pool_sweep / "runs").iterdir()
+    }

@@ -296,7 +296,7 @@ def load_sweep(
         baseline=baseline,
         swept_keys=list(points[0]),
         jobs=jobs,
-        resources={k: float(v) for k, v in resources.items()},
+        resources={k: (int(v) if k == "memory" else float(v)) for k, v in resources.items()},
         allow_unequal_grids=bool(sw.get("allow_unequal_grids", False)),
         threads=_positive_int(sw, "threads"),
         source=text,
