@@ -59,6 +59,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("--overwrite", action="store_true")
     cmp.add_argument("--quiet", action="store_true")
+    _sweep_args(cmp, seeds=True)
+
+    swp = sub.add_parser("sweep", help="a grid of configs x algorithms x seeds; resumable")
+    swp.add_argument("sweep_file", type=Path, help="sweep TOML file (docs/sweeps.md)")
+    swp.add_argument("--out", type=Path, help="sweep directory (default: sweep.out)")
+    swp.add_argument("--overwrite", action="store_true", help="replace a non-sweep --out")
+    swp.add_argument("--quiet", action="store_true")
+    _sweep_args(swp, seeds=False)
+
+    rep = sub.add_parser("report", help="one self-contained HTML page from sweep directories")
+    rep.add_argument("dirs", nargs="+", type=Path, help="sweep directories")
+    rep.add_argument("-o", "--output", type=Path, default=Path("report.html"))
 
     cruns = sub.add_parser(
         "compare-runs", help="finished run directories side by side (e.g. simulated vs deployed)"
@@ -115,6 +127,51 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("config", nargs="?", type=Path)
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return p
+
+
+def _sweep_args(p: argparse.ArgumentParser, *, seeds: bool) -> None:
+    if seeds:
+        p.add_argument("--seeds", help="run every variant under these seeds (1-5 or 1,3,7): "
+                       "a small sweep with mean and 95%% CI over seeds")
+    p.add_argument("--jobs", type=int, help="runs at once on this machine (default 1)")
+    p.add_argument("--ray", metavar="ADDRESS", help="run on Ray: auto, local or an address")
+
+
+def _cmd_sweep(args) -> int:
+    from peerlearn.sweep import load_sweep, run_sweep
+
+    spec = load_sweep(args.sweep_file)
+    if args.out is not None:
+        spec.out = args.out
+    outcome = run_sweep(
+        spec, jobs=args.jobs, ray=args.ray, quiet=args.quiet, overwrite=args.overwrite
+    )
+    return _sweep_status(outcome)
+
+
+def _sweep_status(outcome) -> int:
+    err = Console(stderr=True)
+    if outcome.failed:
+        err.print(f"[red]{len(outcome.failed)} run(s) failed[/red] (rerun to retry them):")
+        for name, error in outcome.failed.items():
+            last = error.strip().splitlines()[-1] if error.strip() else "unknown error"
+            err.print(f"  {escape(name)}: {escape(last)}", soft_wrap=True)
+            err.print(f"    {escape(str(outcome.out / 'runs' / name))}/error.txt", soft_wrap=True)
+        return 1
+    err.print(f"results in [bold]{escape(str(outcome.out))}[/bold]")
+    return 0
+
+
+def _cmd_compare_seeds(args) -> int:
+    from peerlearn.sweep import compare_sweep, run_sweep
+
+    spec = compare_sweep(
+        args.config, args.algorithms, args.overrides, args.seeds, args.out, args.baseline
+    )
+    outcome = run_sweep(
+        spec, jobs=args.jobs, ray=args.ray, quiet=args.quiet, overwrite=args.overwrite
+    )
+    return _sweep_status(outcome)
 
 
 def _cmd_run(args, out: Console) -> int:
@@ -250,6 +307,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args, out)
+        if args.command == "compare" and (args.seeds or args.jobs or args.ray):
+            return _cmd_compare_seeds(args)
+        if args.command == "sweep":
+            return _cmd_sweep(args)
+        if args.command == "report":
+            from peerlearn.results.html_report import write_report
+
+            path = write_report(args.dirs, args.output)
+            out.print(f"report in [bold]{escape(str(path))}[/bold]")
+            return 0
         if args.command == "compare":
             from peerlearn.compare import run_compare
 

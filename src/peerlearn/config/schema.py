@@ -178,8 +178,15 @@ class StopConfig(Section):
         return self
 
 
+#: algorithms that advance in synchronous rounds (protocols.rounds.SyncRounds; a test checks)
+SYNCHRONOUS = ("dpsgd", "jwins", "topk", "subsampling", "choco")
+
+
 class EvalConfig(Section):
     every_s: PosFloat = 5.0
+    # synchronous algorithms, simulator: evaluate whenever every node has finished another
+    # every_iterations rounds (instead of every every_s virtual seconds); plus at 0 and the end
+    every_iterations: PosInt | None = None
     test_samples: PosInt | None = None
     nodes: PosInt | None = None
     batch_size: PosInt = 500
@@ -266,6 +273,14 @@ class ExperimentConfig(Section):
             raise ValueError(f"more stragglers than nodes ({n})")
         if self.eval.nodes is not None and self.eval.nodes > n:
             raise ValueError(f"eval.nodes = {self.eval.nodes} is more than nodes ({n})")
+        if self.eval.every_iterations is not None and (
+            self.algorithm.name not in SYNCHRONOUS or self.engine != "sim"
+        ):
+            raise ValueError(
+                f"eval.every_iterations needs a synchronous algorithm {list(SYNCHRONOUS)} "
+                f"and engine 'sim' (got {self.algorithm.name!r}, {self.engine!r}); "
+                "use eval.every_s"
+            )
         if self.model.name == "matrix_factorization" and self.data.dataset != "movielens":
             raise ValueError("model 'matrix_factorization' needs dataset 'movielens'")
         if self.data.dataset == "movielens" and self.model.name != "matrix_factorization":

@@ -132,6 +132,10 @@ class Simulator:
         #: the virtual time of the next event when the last checkpoint was taken (or loaded)
         self.checkpoint_at: float | None = None
         self._checkpoint: CheckpointHook | None = None
+        # eval.every_iterations: evaluate when every node has reached the next multiple
+        self.round_every: int | None = cfg.eval.every_iterations
+        self.round_target = self.round_every or 0
+        self.round_reached: set[int] = set()
 
     # -----------------------------------------------------------------------------------------
     def run(self, checkpoint: CheckpointHook | None = None) -> RunResult:
@@ -266,6 +270,8 @@ class Simulator:
             if not actions:  # most deliveries
                 continue
             self._carry_out(dst, proto, actions)
+            if self.round_every is not None and proto.iteration >= self.round_target:
+                self._round_progress(dst)
             if k < last:
                 if self.finished == self.n:
                     return
@@ -283,7 +289,7 @@ class Simulator:
         elif kind == _EVAL:
             self._evaluate()
             nxt = self.now + self.cfg.eval.every_s
-            if nxt <= self.stop_time:
+            if nxt <= self.stop_time and self.round_every is None:
                 self.queue.push(nxt, (_EVAL, None))
 
     def _feed(self, node: int, event) -> None:
@@ -292,6 +298,17 @@ class Simulator:
         actions = proto.handle(event)
         if actions:
             self._carry_out(node, proto, actions)
+        if self.round_every is not None and proto.iteration >= self.round_target:
+            self._round_progress(node)
+
+    def _round_progress(self, node: int) -> None:
+        """Evaluate once the last node reaches the round target (eval.every_iterations)."""
+        self.round_reached.add(node)
+        while len(self.round_reached) == self.n:
+            self._evaluate()
+            self.round_target += self.round_every
+            target = self.round_target
+            self.round_reached = {i for i, p in enumerate(self.protocols) if p.iteration >= target}
 
     def _carry_out(self, node: int, proto: Protocol, actions: list) -> None:
         """Carry out a node's actions in order."""
@@ -486,6 +503,8 @@ class Simulator:
             "eval_wall": self.eval_wall,
             "last_eval_time": self.last_eval_time,
             "last_mean_acc": self.last_mean_acc,
+            "round_target": self.round_target,
+            "round_reached": sorted(self.round_reached),
             "recorder": self.recorder.state_dict(),
             "wall_time_s": self.wall_before + wallclock.perf_counter() - self._wall_start,
             "checkpoint_at": self.checkpoint_at,
@@ -551,6 +570,8 @@ class Simulator:
         self.eval_wall = float(state["eval_wall"])
         self.last_eval_time = float(state["last_eval_time"])
         self.last_mean_acc = state["last_mean_acc"]
+        self.round_target = int(state["round_target"])
+        self.round_reached = {int(i) for i in state["round_reached"]}
         self.recorder.load_state_dict(state["recorder"])
         self.wall_before = float(state["wall_time_s"])
         self.checkpoint_at = state["checkpoint_at"]
