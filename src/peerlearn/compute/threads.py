@@ -20,9 +20,12 @@ import torch
 from peerlearn.models.zoo import ModelSpec
 
 # Forward FLOPs of one training step (batch x forward FLOPs per sample) below which one thread
-# is used. Measured with benchmarks/threads_under_load.py --crossover on 2 cores (idle apart from
-# the measurement): a 64-unit MLP on digits (~9.4 kFLOP per sample) and a 1024-unit one
-# (~1.1 MFLOP) train faster on one thread at batch 8, GN-LeNet (24.6 MFLOP) on two.
+# is used. benchmarks/threads_under_load.py --crossover on the shared 2-core machine (load
+# average 8-10, docs/performance.md): one thread was faster for every model, 250x for the
+# quickstart's MLP (76 kFLOP per step), 2-2.5x for MLPs of 3-50 MFLOP per step, 23x for
+# GN-LeNet (197 MFLOP); an idle crossover could not be measured there. 20 MFLOP keeps the
+# quickstart's and CIFAR-sized small MLPs on one thread and GN-LeNet (where oneDNN's convolutions
+# do use a second idle core) on all cores; ``compute.threads = 1`` is the choice on a busy machine.
 AUTO_MIN_FLOPS_PER_STEP = 20e6
 
 
