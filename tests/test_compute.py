@@ -370,3 +370,23 @@ def test_local_test_sets_are_not_deduplicated():
     for i, ix in enumerate(local):
         want = direct_metrics(spec, params[i], x[ix], y[ix])
         assert got["acc"][i].item() == pytest.approx(want["acc"], rel=1e-5, abs=1e-6)
+
+
+def test_large_evaluation_buffers_are_reused_not_faulted_in_again():
+    import resource
+    import sys
+
+    from peerlearn.compute.memory import keep_large_buffers
+
+    if not sys.platform.startswith("linux") or not keep_large_buffers():
+        pytest.skip("glibc only")
+    spec, x, y = make_problem("gn_lenet", n=400, seed=3)  # 400 x 32 x 16 x 16 floats: 13 MB
+    ev = BatchedEvaluator(spec, x, y, batch_size=400, node_chunk=1)
+    params = node_params(spec, 2, 0.05)
+    ev.evaluate(params)
+    faults = []
+    for _ in range(3):  # the fewest of three calls: another thread may fault pages meanwhile
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        ev.evaluate(params)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    assert min(faults) < 1000  # a fresh 13 MB mapping per layer and call would be ~10,000

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from peerlearn.compute.memory import keep_large_buffers
 from peerlearn.models.zoo import ModelSpec
 
 
@@ -71,6 +72,9 @@ class BatchedEvaluator:
     With ``dedupe`` (the default), models that are byte-identical and see the same test samples
     (the shared test set) are evaluated once and their metrics copied: at t = 0 every node holds
     the same model. ``models_evaluated`` counts the model rows actually run forward.
+
+    On a CPU, building one raises glibc's mmap threshold for the process (``compute/memory.py``):
+    activation buffers of large batches are then reused instead of mapped and faulted in anew.
     """
 
     def __init__(
@@ -97,6 +101,8 @@ class BatchedEvaluator:
         self.batch_size = batch_size
         self.node_chunk = node_chunk
         self.dedupe = dedupe
+        if self.device.type == "cpu":
+            keep_large_buffers()  # large activations reused, not re-mapped per batch
         self.models_evaluated = 0
 
     @torch.inference_mode()
