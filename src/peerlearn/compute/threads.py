@@ -20,13 +20,11 @@ import torch
 from peerlearn.models.zoo import ModelSpec
 
 # Forward FLOPs of one training step (batch x forward FLOPs per sample) below which one thread
-# is used. benchmarks/threads_under_load.py --crossover on the shared 2-core machine (load
-# average 8-10, docs/performance.md): one thread was faster for every model, 250x for the
-# quickstart's MLP (76 kFLOP per step), 2-2.5x for MLPs of 3-50 MFLOP per step, 23x for
-# GN-LeNet (197 MFLOP); an idle crossover could not be measured there. 20 MFLOP keeps the
-# quickstart's and CIFAR-sized small MLPs on one thread and GN-LeNet (where oneDNN's convolutions
-# do use a second idle core) on all cores; ``compute.threads = 1`` is the choice on a busy machine.
-AUTO_MIN_FLOPS_PER_STEP = 20e6
+# is used. benchmarks/threads_under_load.py --crossover, 2 cores (docs/performance.md): idle, two
+# threads are 0.98x one for the quickstart's MLP (76 kFLOP per step), 1.29x at 3.2 MFLOP, 2.1x at
+# 50 MFLOP, 1.40x for GN-LeNet (197 MFLOP); so the crossover lies between 0.1 and 3 MFLOP. Under
+# load (average 8-10) one thread won everywhere; ``compute.threads = 1`` is the choice there.
+AUTO_MIN_FLOPS_PER_STEP = 1e6
 
 
 def usable_cores() -> int:
