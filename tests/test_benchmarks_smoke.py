@@ -27,6 +27,9 @@ CASES = {
     ],
     "eval_throughput.py": ["--nodes", "2", "--test", "64", "--batch", "32"],
     "results_digest.py": ["--virtual-s", "0.5"],
+    "async_small.py": ["--virtual-s", "0.5"],
+    "eval_memory.py": ["--models", "2", "--test", "64", "--batch", "32", "--rounds", "1"],
+    "threads_under_load.py": ["--virtual-s", "0.5", "--rounds", "1"],
     "network_model.py": [
         "--nodes",
         "8",
@@ -82,6 +85,7 @@ def test_codec_benchmark_runs() -> None:
 def test_every_benchmark_script_has_a_smoke_run() -> None:
     # common.py is no script: the helpers every run above imports
     covered = set(CASES) | {"node_receive.py", "codec_time.py", "gpu_variants.py", "common.py"}
+    covered |= {"w1.py"}  # test_w1_benchmark_runs, where CIFAR-10 is on PEERLEARN_DATA
     assert {p.name for p in BENCH.glob("*.py")} <= covered
 
 
@@ -93,3 +97,38 @@ def test_gpu_variants_benchmark_runs(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(out.read_text())["rows"]
+
+
+def test_threads_crossover_runs(tmp_path: Path) -> None:
+    out = tmp_path / "crossover.json"
+    cmd = [
+        sys.executable,
+        str(BENCH / "threads_under_load.py"),
+        "--crossover",
+        "--rounds",
+        "1",
+        "--models",
+        "1",
+        "--json",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["rows"]
+
+
+def test_w1_benchmark_runs(tmp_path: Path) -> None:
+    """Two rounds of W1 on 64 test images, where CIFAR-10 is on PEERLEARN_DATA."""
+    from peerlearn.data import cifar10
+    from peerlearn.data.roots import data_roots
+
+    if not any(p.is_dir() for p in cifar10.candidates(data_roots())):
+        pytest.skip("CIFAR-10 not on PEERLEARN_DATA")
+    out = tmp_path / "w1.json"
+    args = ["--rounds", "2", "--test-samples", "64", "--eval-probe", "--probe-batches", "32"]
+    cmd = [sys.executable, str(BENCH / "w1.py"), *args, "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["iterations_mean"] == 2
+    assert result["models_evaluated"] < 3 * 16  # t = 0: one model for 16 nodes

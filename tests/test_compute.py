@@ -329,3 +329,64 @@ def test_failed_capture_falls_back_to_eager_steps():
         got = trainer.run([job])
     assert trainer._graphs is None
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["mlp", "gn_lenet"])
+def test_identical_models_are_evaluated_once_with_identical_results(name):
+    spec, x, y = make_problem(name, n=40, seed=8)
+    distinct = node_params(spec, 3, 0.05)
+    # rows 0, 2, 3, 6 are one model, 1 and 5 another, 4 a third (as at t = 0 plus some training)
+    params = distinct[[0, 1, 0, 0, 2, 1, 0]]
+    plain = BatchedEvaluator(spec, x, y, batch_size=16, node_chunk=2, dedupe=False, device=DEVICE)
+    dedup = BatchedEvaluator(spec, x, y, batch_size=16, node_chunk=2, device=DEVICE)
+    for sub in (None, np.array([1, 5, 9, 30])):
+        want = plain.evaluate(params, subset=sub)
+        got = dedup.evaluate(params, subset=sub)
+        assert set(got) == set(want)
+        for key in want:  # to the last bit
+            assert torch.equal(got[key], want[key]), key
+    assert plain.models_evaluated == 2 * 7
+    assert dedup.models_evaluated == 2 * 3
+
+
+def test_distinct_rows_compares_bits_not_values():
+    from peerlearn.compute.evaluator import distinct_rows
+
+    rows = torch.tensor([[0.0, 1.0], [-0.0, 1.0], [0.0, 1.0], [float("nan"), 2.0]])
+    rows = torch.cat([rows, rows[3:]])
+    first, inverse = distinct_rows(rows)
+    assert first == [0, 1, 3]  # -0.0 is another model's bytes; a NaN row equals its copy
+    assert inverse.tolist() == [0, 1, 0, 2, 2]
+    assert torch.equal(rows[first][inverse].view(torch.int32), rows.view(torch.int32))
+
+
+def test_local_test_sets_are_not_deduplicated():
+    spec, x, y = make_problem("mlp", n=30, seed=9)
+    params = node_params(spec, 1, 0.05).repeat(3, 1)
+    local = [np.arange(0, 10), np.arange(10, 30), np.arange(5)]
+    ev = BatchedEvaluator(spec, x, y, batch_size=8, node_chunk=2, device=DEVICE)
+    got = ev.evaluate(params, test_indices=local)
+    assert ev.models_evaluated == 3
+    for i, ix in enumerate(local):
+        want = direct_metrics(spec, params[i], x[ix], y[ix])
+        assert got["acc"][i].item() == pytest.approx(want["acc"], rel=1e-5, abs=1e-6)
+
+
+def test_large_evaluation_buffers_are_reused_not_faulted_in_again():
+    import resource
+    import sys
+
+    from peerlearn.compute.memory import keep_large_buffers
+
+    if not sys.platform.startswith("linux") or not keep_large_buffers():
+        pytest.skip("glibc only")
+    spec, x, y = make_problem("gn_lenet", n=400, seed=3)  # 400 x 32 x 16 x 16 floats: 13 MB
+    ev = BatchedEvaluator(spec, x, y, batch_size=400, node_chunk=1)
+    params = node_params(spec, 2, 0.05)
+    ev.evaluate(params)
+    faults = []
+    for _ in range(3):  # the fewest of three calls: another thread may fault pages meanwhile
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        ev.evaluate(params)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    assert min(faults) < 1000  # a fresh 13 MB mapping per layer and call would be ~10,000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -295,6 +296,9 @@ def _cmd_inspect(args, out: Console) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Idle OpenMP threads sleep instead of spinning on a core another process may need; read
+    # once when torch loads OpenMP, so set before anything imports torch (docs/performance.md).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = _parser().parse_args(argv)
     out = Console()
     err = Console(stderr=True)

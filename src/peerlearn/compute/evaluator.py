@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 
@@ -9,7 +10,35 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from peerlearn.compute.memory import keep_large_buffers
 from peerlearn.models.zoo import ModelSpec
+
+
+def distinct_rows(params: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+    """The rows of ``params`` (K, P) that are byte-identical to no earlier row, and for every
+    row the position of its first copy among them: ``params[first][inverse]`` equals ``params``
+    bit for bit.
+
+    Rows are grouped by a hash of their bytes, then compared exactly (as bit patterns, so -0.0
+    and 0.0 differ and a NaN equals itself): a hash collision can never merge two models.
+    """
+    rows = params.detach().cpu().contiguous()
+    bits = rows.view(torch.uint8).reshape(rows.shape[0], -1).numpy()
+    first: list[int] = []
+    by_hash: dict[bytes, list[int]] = {}
+    inverse = torch.empty(rows.shape[0], dtype=torch.int64)
+    for i in range(rows.shape[0]):
+        key = hashlib.blake2b(bits[i].data, digest_size=16).digest()
+        same = by_hash.setdefault(key, [])
+        for k in same:
+            if np.array_equal(bits[first[k]], bits[i]):
+                inverse[i] = k
+                break
+        else:
+            same.append(len(first))
+            inverse[i] = len(first)
+            first.append(i)
+    return first, inverse
 
 
 def default_node_chunk(spec: ModelSpec, one_sample: torch.Tensor, device: torch.device) -> int:
@@ -38,7 +67,15 @@ def default_node_chunk(spec: ModelSpec, one_sample: torch.Tensor, device: torch.
 class BatchedEvaluator:
     """Evaluates (K, P) node vectors on a test set, ``node_chunk`` nodes x ``batch_size`` samples
     per batched forward (``ModelSpec.stacked_forward``), which bounds memory while keeping the
-    calls large."""
+    calls large.
+
+    With ``dedupe`` (the default), models that are byte-identical and see the same test samples
+    (the shared test set) are evaluated once and their metrics copied: at t = 0 every node holds
+    the same model. ``models_evaluated`` counts the model rows actually run forward.
+
+    On a CPU, building one raises glibc's mmap threshold for the process (``compute/memory.py``):
+    activation buffers of large batches are then reused instead of mapped and faulted in anew.
+    """
 
     def __init__(
         self,
@@ -49,6 +86,7 @@ class BatchedEvaluator:
         batch_size: int = 500,
         node_chunk: int | None = None,
         device: str = "cpu",
+        dedupe: bool = True,
     ) -> None:
         if node_chunk is None:
             node_chunk = default_node_chunk(spec, test_x[:1], torch.device(device))
@@ -62,6 +100,10 @@ class BatchedEvaluator:
         self.test_y = test_y.to(self.device)
         self.batch_size = batch_size
         self.node_chunk = node_chunk
+        self.dedupe = dedupe
+        if self.device.type == "cpu":
+            keep_large_buffers()  # large activations reused, not re-mapped per batch
+        self.models_evaluated = 0
 
     @torch.inference_mode()
     def evaluate(
@@ -82,6 +124,21 @@ class BatchedEvaluator:
         k = params.shape[0]
         if test_indices is not None and len(test_indices) != k:
             raise ValueError(f"{len(test_indices)} local test sets for {k} nodes")
+        if self.dedupe and test_indices is None and k > 1:
+            first, inverse = distinct_rows(params)
+            if len(first) < k:
+                out = self._evaluate(params[first], None, subset)
+                return {name: values[inverse] for name, values in out.items()}
+        return self._evaluate(params, test_indices, subset)
+
+    def _evaluate(
+        self,
+        params: torch.Tensor,
+        test_indices: Sequence[np.ndarray] | None,
+        subset: np.ndarray | None,
+    ) -> dict[str, torch.Tensor]:
+        k = params.shape[0]
+        self.models_evaluated += k
         loss_sum = torch.zeros(k, dtype=torch.float64)
         hit_sum = torch.zeros(k, dtype=torch.float64)
         count = torch.zeros(k, dtype=torch.float64)

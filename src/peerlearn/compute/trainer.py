@@ -33,6 +33,10 @@ class TrainJob:
         return int(self.batches.shape[0])
 
 
+# the most bytes of training samples gathered at once for several steps (``_eager_steps``)
+GATHER_BYTES = 8 << 20
+
+
 class BatchedTrainer:
     """Plain SGD (no momentum, no weight decay) for a set of jobs, vmapped across jobs."""
 
@@ -105,7 +109,12 @@ class BatchedTrainer:
 
     def _sgd_step(self, params: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """One plain SGD step of J models in place on their (J, B) batches; returns losses."""
-        xb, yb = self.train_x[idx], self.train_y[idx]
+        return self._sgd_step_on(params, self.train_x[idx], self.train_y[idx])
+
+    def _sgd_step_on(
+        self, params: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor
+    ) -> torch.Tensor:
+        """``_sgd_step`` on the gathered samples ``xb`` (J, B, ...) and labels ``yb`` (J, B)."""
         if self.row_sparse:
             with torch.no_grad():
                 views = self.spec.layout.unflatten(params)
@@ -158,8 +167,7 @@ class BatchedTrainer:
                 except GraphCaptureError as e:  # raised before anything was modified
                     warnings.warn(f"CUDA graph capture failed, training eagerly: {e}", stacklevel=2)
                     self._graphs = None
-            for s in range(t, end):
-                loss_sum[:active] += self._sgd_step(params[:active], all_idx[:active, s])
+            self._eager_steps(params[:active], all_idx[:active, t:end], loss_sum[:active])
             t = end
         mean_loss = (loss_sum.cpu() / steps[order].clamp(min=1)).float()
         mean_loss[steps[order] == 0] = float("nan")
@@ -169,6 +177,24 @@ class BatchedTrainer:
         self.last_loss = torch.empty(n_jobs)
         self.last_loss[order] = mean_loss
         return result
+
+    def _eager_steps(self, params: torch.Tensor, idx: torch.Tensor, loss_sum: torch.Tensor) -> None:
+        """Steps ``idx.shape[1]`` of the J models ``params`` in place on their (J, steps, B)
+        batches, adding each step's losses to ``loss_sum``.
+
+        The samples of many steps are gathered in one indexing call (step-major, so each step's
+        (J, B, ...) block is contiguous, exactly the tensor a per-step gather gives), at most
+        ``GATHER_BYTES`` at a time: two fewer small indexing calls per step.
+        """
+        n_steps = idx.shape[1]
+        per_step = idx.shape[0] * idx.shape[2] * self.train_x[:1].nbytes
+        block = int(max(1, min(n_steps, GATHER_BYTES // max(per_step, 1))))
+        by_step = idx.transpose(0, 1)  # (steps, J, B)
+        for lo in range(0, n_steps, block):
+            ix = by_step[lo : lo + block]
+            xs, ys = self.train_x[ix], self.train_y[ix]
+            for k in range(ix.shape[0]):
+                loss_sum += self._sgd_step_on(params, xs[k], ys[k])
 
     @torch.inference_mode(False)
     @torch.enable_grad()

@@ -106,6 +106,9 @@ class ComputeConfig(Section):
     # cuda only: let convolutions and matrix products round through TF32 (faster, ~1e-3 relative
     # precision); false keeps strict float32, which matches a CPU run up to float rounding
     tf32: bool = False
+    # intra-op threads: "auto" (1 for small models, else the cores this process may use; never
+    # above torch's thread count as the caller left it), or a number (docs/performance.md)
+    threads: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
 
 
 class NetworkConfig(Section):

@@ -44,3 +44,8 @@ class RunResult:
     finished_all: bool
     #: one row per delivered message (results/messages.py), when eval.log_messages is set
     message_log: list | None = None
+    #: intra-op threads the simulator's training and evaluation used (compute.threads); None:
+    #: not chosen by the engine (a deployed run)
+    threads: int | None = None
+    #: model rows the evaluator ran forward (identical models are evaluated once)
+    eval_models: int | None = None

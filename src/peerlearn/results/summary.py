@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 from typing import Any
 
@@ -111,6 +112,12 @@ def build_summary(
             "train_batches": result.train_batches,
             "jobs_per_batch": jobs_per_batch,
             "virtual_s_per_wall_s": result.virtual_time_s / max(result.wall_time_s, 1e-9),
+            "eval_models": result.eval_models,
+        },
+        "compute": {
+            "threads_setting": cfg.compute.threads,
+            "threads": result.threads,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         },
         "versions": {
             "peerlearn": peerlearn.__version__,

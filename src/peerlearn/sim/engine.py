@@ -31,6 +31,7 @@ import torch
 from peerlearn.codecs.message import Message
 from peerlearn.compute.evaluator import BatchedEvaluator
 from peerlearn.compute.precision import use_tf32
+from peerlearn.compute.threads import apply_threads
 from peerlearn.compute.trainer import BatchedTrainer, TrainJob
 from peerlearn.experiment import Setup
 from peerlearn.protocols.base import (
@@ -94,6 +95,10 @@ class Simulator:
             use_tf32(cfg.compute.tf32)
         spec = setup.model
         ds = setup.dataset
+        # intra-op threads for this run's size (compute/threads.py); before any torch work
+        self.threads = apply_threads(
+            cfg.compute.threads, spec, ds.train_x[:1], cfg.train.batch_size, torch_device
+        )
         init = spec.init_vector()
         self.models = init.unsqueeze(0).repeat(self.n, 1).contiguous()
         self.trainer = BatchedTrainer(
@@ -182,6 +187,8 @@ class Simulator:
             train_jobs=self.train_jobs,
             finished_all=self.finished == self.n,
             message_log=self.message_log,
+            threads=self.threads,
+            eval_models=self.evaluator.models_evaluated,
         )
 
     def _loop(self) -> float:
