@@ -37,6 +37,7 @@ from peerlearn.deploy.emulate import (
 )
 from peerlearn.deploy.errors import DeployError
 from peerlearn.deploy.process import check_port_range
+from peerlearn.results.atomic import write_atomic
 from peerlearn.results.messages import match_deployed, write_messages_csv
 from peerlearn.results.metrics import ALL_NODES, MetricsRecorder
 from peerlearn.results.outcome import ByteCounters, RunResult
@@ -210,9 +211,7 @@ def launch_local(
             time.sleep(0.05)
         start_at = time.time() + 0.3
         phases["t_start"] = time.monotonic() + 0.3
-        tmp = sync / ".start"
-        tmp.write_text(repr(start_at))
-        os.replace(tmp, sync / "start")
+        write_atomic(sync / "start", repr(start_at))
         log(f"{cfg.nodes} nodes ready in {len(procs)} processes; started")
         if on_started is not None:
             on_started(procs)

@@ -20,7 +20,6 @@ import asyncio
 import json
 import logging
 import math
-import os
 import time
 import traceback
 from collections import Counter, deque
@@ -61,6 +60,7 @@ from peerlearn.protocols.base import (
     Train,
     TrainingDone,
 )
+from peerlearn.results.atomic import write_atomic
 from peerlearn.sim.compute_model import training_time
 
 log = logging.getLogger("peerlearn.deploy")
@@ -592,9 +592,7 @@ class NodeRuntime:
         s.rejected = dict(self.rejected)
         self._flush_rows()
         if self.log_messages:
-            log_tmp = self.out_dir / f".messages-{self.node}.json"
-            log_tmp.write_text(json.dumps({"sent": self.sent_log, "received": self.recv_log}))
-            os.replace(log_tmp, self.out_dir / f"messages-{self.node}.json")
-        tmp = self.out_dir / f".node-{self.node}.json"
-        tmp.write_text(json.dumps(asdict(s), indent=1) + "\n")
-        os.replace(tmp, self.out_dir / f"node-{self.node}.json")
+            log = json.dumps({"sent": self.sent_log, "received": self.recv_log})
+            write_atomic(self.out_dir / f"messages-{self.node}.json", log)
+        results = json.dumps(asdict(s), indent=1) + "\n"
+        write_atomic(self.out_dir / f"node-{self.node}.json", results)

@@ -40,7 +40,7 @@ def _occupied(path: Path) -> bool:
     return path.exists() and (not path.is_dir() or any(path.iterdir()))
 
 
-def _check_replaceable(out: Path, overwrite: bool) -> None:
+def check_replaceable(out: Path, overwrite: bool) -> None:
     """Errors for an explicit ``--out`` that must not be written (or replaced)."""
     here = Path.cwd().resolve()
     target = out.resolve()
@@ -155,7 +155,7 @@ def open_run_dir(
     directory, not the lock file, not the parents (``runs/``) created for it.
     """
     if out is not None:
-        _check_replaceable(out, overwrite)
+        check_replaceable(out, overwrite)
         created = _make_parents(out.parent)
         lock = _Lock(out)
         try:
@@ -164,7 +164,7 @@ def open_run_dir(
                     f"run directory {out} is in use by another peerlearn run (pid "
                     f"{lock.holder()}); wait for it to finish or choose another --out"
                 )
-            _check_replaceable(out, overwrite)  # again: it may have changed before the lock
+            check_replaceable(out, overwrite)  # again: it may have changed before the lock
         except BaseException:
             lock.release()
             _remove_empty(created)
@@ -246,7 +246,7 @@ def prepare_run_dir(
     peerlearn run; without ``out`` the run goes to ``runs/<name>``, or ``runs/<name>-2``, ...
     """
     if out is not None:
-        _check_replaceable(out, overwrite)
+        check_replaceable(out, overwrite)
         if _occupied(out):
             shutil.rmtree(out)
         _make_parents(out)

@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import re
 import time
 import warnings
@@ -31,6 +30,7 @@ import numpy as np
 
 from peerlearn import __version__
 from peerlearn.config import ExperimentConfig, dump_config
+from peerlearn.results.atomic import write_atomic
 from peerlearn.sim import state as state_tree
 from peerlearn.sim.errors import CheckpointError
 
@@ -83,35 +83,12 @@ def config_digest(cfg: ExperimentConfig) -> str:
 # -- writing ---------------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _write_atomic(path: Path, write) -> None:
-    """``write(file)`` into a temporary file, fsync it, rename it to ``path``, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    _fsync_dir(path.parent)
 
 
 def write_checkpoint(
@@ -125,7 +102,7 @@ def write_checkpoint(
     arrays[_TREE_KEY] = np.frombuffer(text, dtype=np.uint8)
     name = f"state-{sequence:06d}.npz"
     path = folder / name
-    _write_atomic(path, lambda f: np.savez(f, allow_pickle=False, **arrays))
+    write_atomic(path, lambda f: np.savez(f, allow_pickle=False, **arrays), durable=True)
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -138,7 +115,7 @@ def write_checkpoint(
         **extra,
     }
     body = (json.dumps(manifest, indent=2) + "\n").encode()
-    _write_atomic(folder / MANIFEST, lambda f: f.write(body))
+    write_atomic(folder / MANIFEST, body, durable=True)
     for old in folder.iterdir():  # only now is the previous checkpoint no longer needed
         if old.name != name and (_STATE_NAME.fullmatch(old.name) or old.name.endswith(".tmp")):
             with contextlib.suppress(FileNotFoundError):

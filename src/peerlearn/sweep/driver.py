@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import time
 import tomllib
@@ -30,9 +29,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from peerlearn.config.load import ConfigError
+from peerlearn.results.atomic import write_atomic
 from peerlearn.results.messages import write_messages_csv
 from peerlearn.results.metrics import MetricsRecorder, read_metrics_csv
-from peerlearn.results.rundir import RunDirError
+from peerlearn.results.rundir import RunDirError, check_replaceable
 from peerlearn.results.stats import (
     RunCurves,
     check_grids,
@@ -43,6 +43,7 @@ from peerlearn.results.stats import (
     group_stats,
     run_curves,
 )
+from peerlearn.results.summary import dumps
 from peerlearn.sweep.spec import RunSpec, SweepSpec, config_hash
 
 
@@ -89,9 +90,7 @@ def write_run(run_dir: Path, run: RunSpec, result: dict[str, Any]) -> None:
         "host": result.get("host"),
         "worker_wall_s": result.get("worker_wall_s"),
     }
-    tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, run_dir / "summary.json")
+    write_atomic(run_dir / "summary.json", dumps(summary))
 
 
 def _prepare_out(spec: SweepSpec, overwrite: bool) -> Path:
@@ -103,6 +102,7 @@ def _prepare_out(spec: SweepSpec, overwrite: bool) -> Path:
             raise RunDirError(
                 f"{out} exists and is not a sweep directory; pass --overwrite to replace it"
             )
+        check_replaceable(out, overwrite)  # only a peerlearn run, never . or a parent
         shutil.rmtree(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "sweep.toml").write_text(spec.source)
@@ -238,7 +238,7 @@ def _write_index(out: Path, spec: SweepSpec, failed: dict[str, str]) -> None:
         "swept_keys": spec.swept_keys,
         "runs": runs,
     }
-    (out / "sweep.json").write_text(json.dumps(index, indent=2) + "\n")
+    (out / "sweep.json").write_text(dumps(index))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,7 +306,7 @@ def aggregate(spec: SweepSpec, out: Path, console: Console | None = None) -> dic
             {"params": json.loads(point), "baseline": base_group, "groups": groups}
         )
     result["targets"] = targets
-    (out / "stats.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "stats.json").write_text(dumps(result))
     if console is not None and result["groups"]:
         console.print(stats_table(result))
     return result
