@@ -139,18 +139,21 @@ def _sweep_args(p: argparse.ArgumentParser, *, seeds: bool) -> None:
 
 
 def _cmd_sweep(args) -> int:
-    from peerlearn.sweep import load_sweep, run_sweep
+    from peerlearn.sweep import load_sweep
 
     spec = load_sweep(args.sweep_file)
     if args.out is not None:
         spec.out = args.out
+    return _run_sweep(spec, args)
+
+
+def _run_sweep(spec, args) -> int:
+    """Run a sweep with the command line's executor; its failed runs listed, exit 1 if any."""
+    from peerlearn.sweep import run_sweep
+
     outcome = run_sweep(
         spec, jobs=args.jobs, ray=args.ray, quiet=args.quiet, overwrite=args.overwrite
     )
-    return _sweep_status(outcome)
-
-
-def _sweep_status(outcome) -> int:
     err = Console(stderr=True)
     if outcome.failed:
         err.print(f"[red]{len(outcome.failed)} run(s) failed[/red] (rerun to retry them):")
@@ -164,15 +167,12 @@ def _sweep_status(outcome) -> int:
 
 
 def _cmd_compare_seeds(args) -> int:
-    from peerlearn.sweep import compare_sweep, run_sweep
+    from peerlearn.sweep import compare_sweep
 
     spec = compare_sweep(
         args.config, args.algorithms, args.overrides, args.seeds, args.out, args.baseline
     )
-    outcome = run_sweep(
-        spec, jobs=args.jobs, ray=args.ray, quiet=args.quiet, overwrite=args.overwrite
-    )
-    return _sweep_status(outcome)
+    return _run_sweep(spec, args)
 
 
 def _cmd_run(args, out: Console) -> int:

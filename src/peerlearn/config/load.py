@@ -60,17 +60,22 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def set_dotted(raw: dict[str, Any], path: list[str], value: Any, *, where: str) -> None:
+    """``raw[a][b]... = value`` for ``path = [a, b, ...]``, creating sections on the way;
+    ``where`` names the source in the error (``--set``, ``sweep``)."""
+    node = raw
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where} {'.'.join(path)}: {part!r} is a value, not a section")
+        node = child
+    node[path[-1]] = value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for item in overrides:
         path, value = parse_override(item)
-        node = raw
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                dotted = ".".join(path)
-                raise ConfigError(f"--set {dotted}: {part!r} is a value, not a section")
-            node = child
-        node[path[-1]] = value
+        set_dotted(raw, path, value, where="--set")
     return raw
 
 

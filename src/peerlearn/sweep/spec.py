@@ -53,6 +53,7 @@ from peerlearn.config.load import (
     dump_config,
     quickstart_toml,
     read_toml,
+    set_dotted,
     validate,
 )
 
@@ -154,14 +155,7 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _set(raw: dict[str, Any], key: str, value: Any) -> None:
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"sweep: {key}: {part!r} is a value, not a section")
-        node = child
-    node[parts[-1]] = copy.deepcopy(value)
+    set_dotted(raw, key.split("."), copy.deepcopy(value), where="sweep:")
 
 
 def _short(key: str, value: Any) -> str:
