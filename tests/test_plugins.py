@@ -230,3 +230,92 @@ def test_a_plugin_payload_travels_the_wire_under_its_own_id() -> None:
             decode_message(frame, WireLimits(1, 2, 10, frozenset({torch.Tensor}), 1000))
     finally:
         PAYLOADS.remove("pair")
+
+
+_LAB = '''
+"""A plugin with a dataset, a partitioner and a network preset of its own."""
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from peerlearn.api import (
+    Dataset, NetworkConfig, NetworkSpec, Partition, mbps_to_Bps,
+    register_dataset, register_partitioner, register_preset,
+)
+
+
+def load(*, seed, **_):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((300, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    t = lambda a: torch.from_numpy(a)
+    return Dataset("halfspace", "classification", t(x[:200]), t(y[:200]), t(x[200:]),
+                   t(y[200:]), 2, (6,))
+
+
+register_dataset("halfspace", load, kind="vector", description="sign of the first feature")
+
+
+def split(dataset, n_nodes, seed, **_):
+    return Partition([np.arange(i, dataset.n_train, n_nodes) for i in range(n_nodes)], None)
+
+
+register_partitioner("round_robin", split, description="sample i to node i mod n")
+
+
+class TwoSpeedConfig(NetworkConfig):
+    slow_mbps: float = Field(default=1.0, gt=0)
+
+
+def two_speed(n, *, mbps, slow_mbps, latency_ms, **_):
+    up = np.full(n, mbps_to_Bps(mbps))
+    up[n // 2:] = mbps_to_Bps(slow_mbps)
+    latency = np.full((n, n), latency_ms / 1e3)
+    np.fill_diagonal(latency, 0.0)
+    return NetworkSpec(up, up.copy(), latency, description="two speeds")
+
+
+register_preset("two_speed", two_speed, config=TwoSpeedConfig, description="half the nodes slow")
+'''
+
+
+def test_plugin_dataset_partitioner_and_preset(tmp_path: Path, monkeypatch) -> None:
+    from peerlearn.components import DATASETS, PARTITIONERS, PRESETS
+    from peerlearn.deploy.capacity import _dataset_shape
+
+    (tmp_path / "lab_extras.py").write_text(_LAB)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    over = [
+        'plugins=["lab_extras"]',
+        "data.dataset=halfspace",
+        "data.partition=round_robin",
+        "network.preset=two_speed",
+        "network.slow_mbps=2",
+        "nodes=4",
+        "topology.kind=full",
+        "stop.virtual_time_s=2",
+        "eval.every_s=1",
+    ]
+    try:
+        cfg = load_config(None, over)
+        assert PRESETS.get("two_speed").source == "config module lab_extras"
+        setup = build_setup(cfg)
+        assert setup.partition.train[1].tolist()[:3] == [1, 5, 9]
+        np.testing.assert_allclose(setup.network.up_Bps, [12.5e6, 12.5e6, 2.5e5, 2.5e5])
+        sim = Simulator(setup)
+        sim.run()
+        assert _final(sim, "test_acc_mean") > 0.7  # a half-space is easy
+        # the deploy launcher's memory estimate loads a dataset that gives no footprint
+        assert _dataset_shape(cfg) == (300, (6,), 2)
+        with pytest.raises(ConfigError, match=r"unknown key 'network\.slow_mbps'"):
+            load_config(None, [*over, "network.preset=uniform"])
+    finally:
+        DATASETS.remove("halfspace")
+        PARTITIONERS.remove("round_robin")
+        PRESETS.remove("two_speed")
+        sys.modules.pop("lab_extras", None)
+        from peerlearn import plugins
+
+        plugins._modules_loaded.discard("lab_extras")

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from peerlearn.components import ALGORITHMS, MODELS, PRESETS, TOPOLOGIES
 from peerlearn.config.schema import ExperimentConfig, ModelConfig, NetworkConfig, TopologyConfig
-from peerlearn.plugins import PluginError, load_modules
+from peerlearn.plugins import PluginError, load_entry_points, load_modules
 
 
 class ConfigError(Exception):
@@ -148,6 +148,12 @@ def _switch_algorithm(
 
 
 def _load_plugins_of(raw: dict[str, Any], overrides: list[str]) -> None:
+    """Register the config's plugins now (validation would later), so that the keys of a
+    plugin's algorithm are known when ``--set algorithm.name`` switches to it."""
+    try:
+        load_entry_points()
+    except PluginError as exc:
+        raise ConfigError(f"config: {exc}") from None
     names = raw.get("plugins")
     for path, value in map(parse_override, overrides):
         if path == ["plugins"]:
