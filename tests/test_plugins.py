@@ -319,3 +319,45 @@ def test_plugin_dataset_partitioner_and_preset(tmp_path: Path, monkeypatch) -> N
         from peerlearn import plugins
 
         plugins._modules_loaded.discard("lab_extras")
+
+
+def test_the_example_protocol_by_hand(example) -> None:
+    """docs/extending.md's first level of testing: events in, actions out, no engine."""
+    from peerlearn_example.uniform import UniformAveraging, UniformConfig
+
+    from peerlearn.api import Finish, NodeContext, Send, Started, Train, TrainingDone
+
+    models = [torch.full((4,), float(v)) for v in (0, 3, 6)]
+    nodes = [
+        UniformAveraging(
+            NodeContext(
+                node=i,
+                n_nodes=3,
+                neighbors=tuple(j for j in range(3) if j != i),
+                model=models[i],
+                rng=np.random.default_rng(i),
+            ),
+            UniformConfig(),
+            local_steps=5,
+            max_iterations=1,
+        )
+        for i in range(3)
+    ]
+    assert nodes[0].handle(Started()) == [Train(5)]
+    sends = [
+        (p.ctx.node, a) for p in nodes for a in p.handle(TrainingDone(5)) if isinstance(a, Send)
+    ]
+    assert sorted((src, a.dest) for src, a in sends) == [
+        (0, 1),
+        (0, 2),
+        (1, 0),
+        (1, 2),
+        (2, 0),
+        (2, 1),
+    ]
+    finished = []
+    for src, a in sends:  # each node averages once it has both neighbours' models
+        msg = Message(src, a.dest, a.kind, a.iteration, a.payload)
+        finished += nodes[a.dest].handle_message(msg)
+    assert all(torch.equal(m, torch.full((4,), 3.0)) for m in models)  # the mean, everywhere
+    assert finished == [Finish()] * 3  # max_iterations=1: each node says Finish once
