@@ -53,15 +53,15 @@ class _WireIds:
         self.classes: dict[int, type[Payload]] = {}
 
     def current(self) -> _WireIds:
-        KINDS.names(), PAYLOADS.names()  # the built-ins, registered on first use
-        versions = (KINDS.version, PAYLOADS.version)
-        if versions != self._versions:
-            self.kind_ids = {e.name: e.wire_id for e in KINDS.entries()}
+        # per frame: two integer compares; the tables are rebuilt only after a registration
+        if (KINDS.version, PAYLOADS.version) != self._versions:
+            kinds, payloads = KINDS.entries(), PAYLOADS.entries()  # built-ins load on first use
+            self.kind_ids = {e.name: e.wire_id for e in kinds}
             self.kind_names = {i: k for k, i in self.kind_ids.items()}
-            self.payloads = {e.wire_id: e for e in PAYLOADS.entries()}
+            self.payloads = {e.wire_id: e for e in payloads}
             self.classes = {i: e.payload_class() for i, e in self.payloads.items()}
             self.payload_ids = {cls: i for i, cls in self.classes.items()}
-            self._versions = versions
+            self._versions = (KINDS.version, PAYLOADS.version)
         return self
 
 

@@ -33,8 +33,8 @@ class _PayloadClasses:
         self._by_name: dict[str, type[Payload]] = {}
 
     def get(self, name: str) -> type[Payload] | None:
-        entries = PAYLOAD_REGISTRY.entries()  # the built-ins, registered on first use
         if PAYLOAD_REGISTRY.version != self._version:
+            entries = PAYLOAD_REGISTRY.entries()  # the built-ins, registered on first use
             self._by_name = {(c := e.payload_class()).__name__: c for e in entries}
             self._version = PAYLOAD_REGISTRY.version
         return self._by_name.get(name)
