@@ -11,7 +11,6 @@ of them, so take ``**_`` for those you do not use) plus what the kind adds (see 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -323,8 +322,3 @@ def register_message_kind(name: str, *, wire_id: int, description: str = "") -> 
     entry = KindEntry(name=name, description=description, wire_id=wire_id)
     _check_wire_id(KINDS, entry)
     return KINDS.add(entry)
-
-
-def call(ref: Ref) -> Callable[..., Any]:
-    """The callable a reference names."""
-    return resolve(ref)
