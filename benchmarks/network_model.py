@@ -24,6 +24,7 @@ from peerlearn.config import load_config
 from peerlearn.experiment import build_setup
 from peerlearn.network.presets import build_network
 from peerlearn.sim.engine import Simulator
+from peerlearn.sim.network import flow_network
 
 
 def traffic(n: int, iterations: int, frag_bytes: int, omega: int, r: int, seed: int = 0):
@@ -42,7 +43,7 @@ def traffic(n: int, iterations: int, frag_bytes: int, omega: int, r: int, seed: 
 
 
 def replay(spec, sends, rate_update_s: float) -> tuple[np.ndarray, float, int]:
-    net = spec.to_flow_network(rate_update_s)
+    net = flow_network(spec, rate_update_s)
     enq = np.array([s[0] for s in sends])
     done = np.full(len(sends), np.nan)
     t0 = time.perf_counter()

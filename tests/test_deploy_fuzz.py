@@ -24,7 +24,7 @@ from peerlearn.codecs.fpzip_header import check_float32_stream, read_header
 from peerlearn.codecs.message import Message, PayloadError
 from peerlearn.codecs.partial import PartialPayload
 from peerlearn.deploy.node import ROWS_IN_MEMORY
-from peerlearn.deploy.wire import PAYLOAD_TYPES, WireError, WireLimits, decode_message
+from peerlearn.deploy.wire import WireError, WireLimits, decode_message, payload_types
 from peerlearn.deploy.wire import encode_message as encode
 from tests import receive_fuzz as rf
 
@@ -116,7 +116,7 @@ def test_a_raw_run_never_decodes_an_fpzip_frame(monkeypatch) -> None:
 
     monkeypatch.setattr(fpzip, "decompress", boom)
     vals = np.linspace(0, 1, 10, dtype=np.float32)
-    limits = WireLimits(1, 4, 50, frozenset(PAYLOAD_TYPES.values()), 10_000, RAW)
+    limits = WireLimits(1, 4, 50, frozenset(payload_types().values()), 10_000, RAW)
     for codec, full in ((FPZIP, True), (FPZIP, False)):
         payload = PartialPayload(vals, None if full else np.arange(10), 1, codec)
         with pytest.raises(WireError) as err:

@@ -18,17 +18,17 @@ from peerlearn.codecs.seedmask import SeedMaskVector
 from peerlearn.codecs.sparse import SparseVector
 from peerlearn.deploy.process import parse_hosts, parse_ids
 from peerlearn.deploy.wire import (
-    ALGORITHM_PAYLOADS,
-    PAYLOAD_TYPES,
     WireError,
     WireLimits,
+    algorithm_payloads,
     decode_message,
     default_max_bytes,
     encode_message,
+    payload_types,
 )
 
 P = 50  # model size of these tests
-ALL = frozenset(PAYLOAD_TYPES.values())
+ALL = frozenset(payload_types().values())
 
 
 def limits(node: int = 1, allowed=ALL, max_bytes: int | None = None) -> WireLimits:
@@ -70,9 +70,11 @@ def test_round_trip_every_payload_type(name: str) -> None:
 
 
 def test_every_algorithm_has_payload_types() -> None:
-    from peerlearn.protocols.registry import _CATALOG
+    from peerlearn.components import ALGORITHMS
 
-    assert set(ALGORITHM_PAYLOADS) == set(_CATALOG)
+    for name in ALGORITHMS.names():
+        allowed = algorithm_payloads(name)
+        assert allowed and allowed <= ALL, name
 
 
 def _frame(**over) -> bytes:
@@ -123,7 +125,7 @@ def test_oversized_is_rejected_before_parsing() -> None:
 def test_payload_type_must_belong_to_the_algorithm() -> None:
     frame = encode_message(Message(0, 1, "model", 0, DenseVector(torch.zeros(P))))
     with pytest.raises(WireError) as err:
-        decode_message(frame, limits(allowed=ALGORITHM_PAYLOADS["divshare"]), identity=0)
+        decode_message(frame, limits(allowed=algorithm_payloads("divshare")), identity=0)
     assert err.value.reason == "bad_type"
 
 

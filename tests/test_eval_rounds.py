@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from peerlearn.config import ConfigError, load_config
-from peerlearn.config.schema import SYNCHRONOUS
+from peerlearn.config.schema import synchronous_algorithms
 from peerlearn.experiment import build_setup
 from peerlearn.protocols.registry import PROTOCOLS
 from peerlearn.protocols.rounds import SyncRounds
@@ -16,7 +16,7 @@ SMALL = ["nodes=6", "network.stragglers=0", "stop.virtual_time_s=1.5", "train.lo
 
 def test_synchronous_list_matches_the_protocols() -> None:
     sync = {name for name, cls in PROTOCOLS.load_all().items() if issubclass(cls, SyncRounds)}
-    assert sync == set(SYNCHRONOUS)
+    assert sync == set(synchronous_algorithms())
 
 
 def test_every_iterations_evaluates_at_round_multiples() -> None:

@@ -18,6 +18,7 @@ from peerlearn.network.presets import (
     diablo_mbps,
     mbps_to_Bps,
 )
+from peerlearn.sim.network import flow_network
 
 SHARED = os.environ.get("PEERLEARN_TEST_SHARED_DATA")
 
@@ -150,7 +151,7 @@ def test_paths_are_bounded_by_every_link_and_share_them(tmp_path: Path) -> None:
     assert spec.latency_s[0, 1] == pytest.approx(0.008) and spec.latency_s[1, 2] == pytest.approx(
         0.002
     )
-    net = spec.to_flow_network()
+    net = flow_network(spec)
     net.enqueue(0, 0, 1, 10**6)  # a -> c#0 crosses the 10 Mbps core
     net.enqueue(1, 0, 2, 10**6)  # a -> c#1 too: they share it
     net.enqueue(2, 1, 2, 10**6)  # c#0 -> c#1 stays behind b2: 50 Mbps, but shares c#1's link
@@ -162,7 +163,7 @@ def test_paths_are_bounded_by_every_link_and_share_them(tmp_path: Path) -> None:
 def test_shared_service_replicas_share_one_link(tmp_path: Path) -> None:
     services = _service("s", 3, ' share="true"') + _service("t")
     spec = import_kollaps(_write(tmp_path, _xml(services, _link("s", "t", 30))))
-    net = spec.to_flow_network()
+    net = flow_network(spec)
     net.enqueue(0, 0, 3, 10**6)
     net.enqueue(1, 1, 3, 10**6)
     assert net.rate(0) == net.rate(1) == pytest.approx(mbps_to_Bps(15))

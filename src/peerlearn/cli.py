@@ -118,7 +118,15 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("--nodes", type=int, required=True)
     keys.add_argument("--overwrite", action="store_true", help="replace keys already in DIR")
 
-    sub.add_parser("list", help="algorithms, datasets, models, partitions, topologies, presets")
+    lst = sub.add_parser(
+        "list", help="algorithms, models, datasets, partitions, topologies, presets, payloads"
+    )
+    lst.add_argument(
+        "--plugins",
+        nargs="+",
+        metavar="MODULE",
+        help="also import these plugin modules (as a config's plugins = [...] would)",
+    )
 
     insp = sub.add_parser("inspect-data", help="per-node sample and label counts of a config")
     insp.add_argument("config", nargs="?", type=Path)
@@ -252,35 +260,21 @@ def _cmd_merge(args, out: Console) -> int:
     return 0
 
 
-def _cmd_list(out: Console) -> int:
+def _cmd_list(args, out: Console) -> int:
     from rich.table import Table
 
-    from peerlearn.data.registry import DATASETS
-    from peerlearn.models.zoo import MODELS
-    from peerlearn.network.presets import PRESETS
-    from peerlearn.network.topology import TOPOLOGIES
-    from peerlearn.protocols.registry import PROTOCOLS
+    from peerlearn.components import ALL
+    from peerlearn.plugins import load_entry_points, load_modules
 
-    partitions = {
-        "iid": "seeded shuffle split in equal parts",
-        "kshard": "sort by label; each node takes `shards` contiguous shards at random",
-        "dirichlet": "per-class Dirichlet(alpha) proportions, a minimum of samples per node",
-        "by_user": "MovieLens: contiguous blocks of users, local 70/30 train/test",
-    }
-    groups = {
-        "algorithms": {k: v.description for k, v in PROTOCOLS.load_all().items()},
-        "datasets": DATASETS,
-        "models": MODELS,
-        "partitions": partitions,
-        "topologies": TOPOLOGIES,
-        "network presets": PRESETS,
-    }
-    for title, items in groups.items():
+    load_entry_points()
+    load_modules(args.plugins or [])
+    for title, registry in ALL.items():
         table = Table(title=title, show_header=False, title_justify="left")
         table.add_column("name", style="bold")
         table.add_column("description")
-        for name, desc in items.items():
-            table.add_row(escape(name), escape(desc))
+        table.add_column("from", style="dim")
+        for entry in registry.entries():
+            table.add_row(escape(entry.name), escape(entry.description), escape(entry.source))
         out.print(table)
     return 0
 
@@ -305,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     from peerlearn.config import ConfigError
     from peerlearn.data.base import DatasetNotFound
     from peerlearn.deploy.errors import DeployError
+    from peerlearn.plugins import PluginError
+    from peerlearn.registry import RegistryError
     from peerlearn.results.rundir import RunDirError
     from peerlearn.sim.errors import CheckpointError
 
@@ -366,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             out.print(f"{args.nodes} CURVE key pairs in [bold]{args.dir}[/bold]")
             return 0
         if args.command == "list":
-            return _cmd_list(out)
+            return _cmd_list(args, out)
         if args.command == "inspect-data":
             return _cmd_inspect(args, out)
         if args.command == "show-config":
@@ -374,7 +370,15 @@ def main(argv: list[str] | None = None) -> int:
 
             print(dump_config(load_config(args.config, args.overrides)), end="")
             return 0
-    except (ConfigError, RunDirError, DatasetNotFound, DeployError, CheckpointError) as exc:
+    except (
+        ConfigError,
+        RunDirError,
+        DatasetNotFound,
+        DeployError,
+        CheckpointError,
+        PluginError,
+        RegistryError,
+    ) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return USAGE_ERROR
     except KeyboardInterrupt:

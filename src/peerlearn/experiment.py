@@ -10,15 +10,18 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import networkx as nx
 import numpy as np
 import torch
 
+from peerlearn.components import MODELS
 from peerlearn.compute import budget
+from peerlearn.compute.cost_model import compute_factors
 from peerlearn.compute.sampler import MinibatchStream
 from peerlearn.config.load import ConfigError
-from peerlearn.config.schema import ExperimentConfig
+from peerlearn.config.schema import ExperimentConfig, ModelConfig, NetworkConfig, TopologyConfig
 from peerlearn.data.base import Dataset
 from peerlearn.data.partition import Partition, make_partition
 from peerlearn.data.registry import load_dataset
@@ -27,7 +30,6 @@ from peerlearn.network.presets import NetworkSpec, build_network
 from peerlearn.network.topology import build_topology
 from peerlearn.protocols.base import NodeContext, Protocol
 from peerlearn.protocols.registry import protocol_class
-from peerlearn.sim.compute_model import compute_factors
 
 
 @dataclass
@@ -116,6 +118,12 @@ def load_data(cfg: ExperimentConfig) -> tuple[Dataset, Partition]:
     return dataset, partition
 
 
+def own_keys(section: Any, base: type) -> dict[str, Any]:
+    """The keys a plugin's config class adds to a section (none for the built-ins)."""
+    fields = type(section).model_fields
+    return {k: getattr(section, k) for k in fields if k not in base.model_fields}
+
+
 def network_spec(cfg: ExperimentConfig) -> NetworkSpec:
     """The network preset of ``cfg`` (ValueError on bad parameters), for every engine."""
     net = cfg.network
@@ -131,6 +139,7 @@ def network_spec(cfg: ExperimentConfig) -> NetworkSpec:
         kollaps_xml=net.kollaps_xml,
         intra_region_mbps=net.intra_region_mbps,
         seed=cfg.seed,
+        **own_keys(net, NetworkConfig),
     )
 
 
@@ -146,6 +155,7 @@ def check_model_budget(cfg: ExperimentConfig, dataset: Dataset) -> None:
             info=dataset.info,
             hidden=tuple(m.hidden),
             factors=m.factors,
+            **own_keys(m, ModelConfig),
         )
     params = sum(p.numel() for p in module.parameters())
     integer = not dataset.train_x.is_floating_point()
@@ -156,10 +166,8 @@ def check_model_budget(cfg: ExperimentConfig, dataset: Dataset) -> None:
         batch_size=cfg.train.batch_size,
         local_steps=cfg.train.local_steps,
         device=cfg.compute.device,
-        model_keys={
-            "mlp": f"model.hidden = {list(m.hidden)}",
-            "matrix_factorization": f"model.factors = {m.factors}",
-        }.get(m.name, f"nodes = {cfg.nodes}"),
+        model_keys=", ".join(f"model.{k} = {getattr(m, k)!r}" for k in MODELS.get(m.name).size_keys)
+        or f"nodes = {cfg.nodes}",
     )
     try:
         budget.check(terms)
@@ -181,6 +189,7 @@ def build_setup(cfg: ExperimentConfig) -> Setup:
             seed=seed,
             hidden=tuple(cfg.model.hidden),
             factors=cfg.model.factors,
+            **own_keys(cfg.model, ModelConfig),
         )
     fragments = getattr(cfg.algorithm, "fragments", None)
     if fragments is not None and fragments > model.layout.numel:
@@ -191,7 +200,13 @@ def build_setup(cfg: ExperimentConfig) -> Setup:
     t = cfg.topology
     with _section("topology"):
         graph = build_topology(
-            t.kind, n, degree=t.degree, rewire_p=t.rewire_p, path=t.path, seed=seed
+            t.kind,
+            n,
+            degree=t.degree,
+            rewire_p=t.rewire_p,
+            path=t.path,
+            seed=seed,
+            **own_keys(t, TopologyConfig),
         )
     with _section("network"):
         network = network_spec(cfg)

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from peerlearn.components import register_algorithm
 from peerlearn.config.sections import Section
 
 PosInt = Annotated[int, Field(gt=0)]
@@ -46,3 +47,28 @@ class ADPSGDConfig(Section):
 
 
 ASYNC_ALGORITHMS = (DivShareConfig, SwiftConfig, ADPSGDConfig)
+
+register_algorithm(
+    "divshare",
+    config=DivShareConfig,
+    protocol="peerlearn.protocols.divshare:DivShare",
+    payloads=("fragment",),
+    kinds=("fragment",),
+    description="asynchronous: Ω random fragments to r random peers each, stale sends dropped",
+)
+register_algorithm(
+    "swift",
+    config=SwiftConfig,
+    protocol="peerlearn.protocols.swift:Swift",
+    payloads=("fragment",),
+    kinds=("fragment",),
+    description="asynchronous wait-free push of the full model to r random peers, no dropping",
+)
+register_algorithm(
+    "adpsgd",
+    config=ADPSGDConfig,
+    protocol="peerlearn.protocols.adpsgd:ADPSGD",
+    payloads=("fragment",),
+    kinds=("ping", "reply", "decline"),
+    description="asynchronous AD-PSGD: r/2 pings answered with the newest model (or atomic)",
+)

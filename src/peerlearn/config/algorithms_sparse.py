@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
+from peerlearn.components import register_algorithm
 from peerlearn.config.sections import Section
 
 Fraction = Annotated[float, Field(gt=0, le=1)]
@@ -71,3 +72,45 @@ class ChocoConfig(Section):
 
 
 SPARSE_ALGORITHMS = (JWINSConfig, TopKConfig, SubsamplingConfig, ChocoConfig)
+
+register_algorithm(
+    "jwins",
+    config=JWINSConfig,
+    protocol="peerlearn.protocols.jwins:JWINS",
+    payloads=("partial",),
+    synchronous=True,
+    description=(
+        "JWINS: wavelet-domain partial sharing ranked by accumulated change, random cut-off, "
+        "Elias+fpzip wire format"
+    ),
+)
+register_algorithm(
+    "topk",
+    config=TopKConfig,
+    protocol="peerlearn.protocols.sparse:TopK",
+    payloads=("partial",),
+    synchronous=True,
+    description=(
+        "partial sharing (TopK/PartialModel): most-changed parameters, Elias-coded indices, "
+        "receivers fill the rest with their own values"
+    ),
+)
+register_algorithm(
+    "subsampling",
+    config=SubsamplingConfig,
+    protocol="peerlearn.protocols.sparse:Subsampling",
+    payloads=("seedmask",),
+    synchronous=True,
+    description=(
+        "random sub-sampling: a fresh seeded Bernoulli mask each round, the seed sent instead "
+        "of indices"
+    ),
+)
+register_algorithm(
+    "choco",
+    config=ChocoConfig,
+    protocol="peerlearn.protocols.choco:Choco",
+    payloads=("sparse", "partial"),
+    synchronous=True,
+    description="CHOCO-SGD: TopK-compressed differences to public copies, consensus step gamma",
+)

@@ -11,12 +11,14 @@ import tomllib
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import tomli_w
 from pydantic import BaseModel, ValidationError
 
-from peerlearn.config.schema import ExperimentConfig
+from peerlearn.components import ALGORITHMS, MODELS, PRESETS, TOPOLOGIES
+from peerlearn.config.schema import ExperimentConfig, ModelConfig, NetworkConfig, TopologyConfig
+from peerlearn.plugins import PluginError, load_entry_points, load_modules
 
 
 class ConfigError(Exception):
@@ -109,10 +111,9 @@ def _notice(message: str) -> None:
 
 def algorithm_fields(name: str) -> set[str] | None:
     """The keys algorithm ``name`` takes (None: no such algorithm)."""
-    for member in algorithm_models():
-        if get_args(member.model_fields["name"].annotation) == (name,):
-            return set(member.model_fields)
-    return None
+    if name not in ALGORITHMS:
+        return None
+    return set(ALGORITHMS.get(name).config.model_fields)
 
 
 def carry_algorithm(section: dict[str, Any], name: str) -> tuple[dict[str, Any], list[str]]:
@@ -131,6 +132,8 @@ def _switch_algorithm(
 ) -> dict[str, Any]:
     names = [v for p, v in map(parse_override, overrides) if p == ["algorithm", "name"]]
     section = raw.get("algorithm")
+    if names and isinstance(names[-1], str) and names[-1] not in ALGORITHMS:
+        _load_plugins_of(raw, overrides)  # the new name may be a plugin's
     if not names or not isinstance(section, dict) or not isinstance(names[-1], str):
         return raw
     if section.get("name", "dpsgd") == names[-1]:
@@ -142,6 +145,24 @@ def _switch_algorithm(
             f"(set for {section.get('name', 'dpsgd')!r} in the config); dropped"
         )
     return {**raw, "algorithm": moved}
+
+
+def _load_plugins_of(raw: dict[str, Any], overrides: list[str]) -> None:
+    """Register the config's plugins now (validation would later), so that the keys of a
+    plugin's algorithm are known when ``--set algorithm.name`` switches to it."""
+    try:
+        load_entry_points()
+    except PluginError as exc:
+        raise ConfigError(f"config: {exc}") from None
+    names = raw.get("plugins")
+    for path, value in map(parse_override, overrides):
+        if path == ["plugins"]:
+            names = value
+    if isinstance(names, list) and all(isinstance(n, str) for n in names):
+        try:
+            load_modules(names)
+        except PluginError as exc:
+            raise ConfigError(f"config: {exc}") from None
 
 
 def dump_config(cfg: ExperimentConfig) -> str:
@@ -174,10 +195,6 @@ def format_error(exc: ValidationError, raw: dict[str, Any]) -> str:
             else f"config: unknown key {key!r}"
         )
     msg = err["msg"].removeprefix("Value error, ")
-    if kind == "union_tag_invalid":
-        tag = err["ctx"].get("tag")
-        expected = err["ctx"].get("expected_tags")
-        return f"config: {key}.name = {tag!r}: unknown algorithm; allowed: {expected}"
     if kind == "literal_error":
         msg = f"not allowed; allowed: {err['ctx']['expected']}"
     if not loc:
@@ -188,33 +205,36 @@ def format_error(exc: ValidationError, raw: dict[str, Any]) -> str:
 
 
 def _clean_loc(loc: tuple) -> tuple:
-    # discriminated unions put the tag into the path (algorithm.dpsgd.key): drop it
-    if len(loc) >= 2 and loc[0] == "algorithm" and isinstance(loc[1], str):
-        tags = [get_args(m.model_fields["name"].annotation)[0] for m in algorithm_models()]
-        if loc[1] in tags:
-            return (loc[0], *loc[2:])
-    return tuple(loc)
+    # a wrap validator's function name can appear in the path: keep only keys and indices
+    return tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
 
 
 def algorithm_models() -> list[type[BaseModel]]:
-    ann = ExperimentConfig.model_fields["algorithm"].annotation
-    members = get_args(ann) or (ann,)
-    return [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+    """Every registered algorithm's config class."""
+    return [e.config for e in ALGORITHMS.entries()]
+
+
+#: sections validated by the class their named entry brings: (registry, name key, base class)
+_NAMED_SECTIONS = {
+    "algorithm": (ALGORITHMS, "name", None),
+    "model": (MODELS, "name", ModelConfig),
+    "topology": (TOPOLOGIES, "kind", TopologyConfig),
+    "network": (PRESETS, "preset", NetworkConfig),
+}
 
 
 def _allowed_keys(section: tuple, raw: dict[str, Any]) -> list[str]:
     model: type[BaseModel] = ExperimentConfig
-    for part in section:
-        if part == "algorithm":
-            name = (raw.get("algorithm") or {}).get("name", "dpsgd")
-            matches = [
-                m
-                for m in algorithm_models()
-                if get_args(m.model_fields["name"].annotation)[0] == name
-            ]
-            if not matches:
+    for depth, part in enumerate(section):
+        if depth == 0 and part in _NAMED_SECTIONS:
+            registry, key, base = _NAMED_SECTIONS[str(part)]
+            given = raw.get(str(part))
+            given = given if isinstance(given, dict) else {}
+            default = base.model_fields[key].default if base else "dpsgd"
+            name = given.get(key, default)
+            if name not in registry:
                 return []
-            model = matches[0]
+            model = getattr(registry.get(name), "config", None) or base
             continue
         field = model.model_fields.get(str(part))
         ann = field.annotation if field else None

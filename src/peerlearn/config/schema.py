@@ -1,30 +1,41 @@
 """The experiment spec: typed, validated sections that mirror the TOML file.
 
 Every section forbids unknown keys, so a typo is an error rather than a silently ignored setting.
-Names of datasets, models, partitions, topologies, presets and algorithms are closed sets here, so a
-wrong name is reported with the list of allowed ones.
+Names of datasets, models, partitions, topologies, presets and algorithms are looked up in their
+registries (``peerlearn.components``), so a wrong name is reported with the list of allowed ones,
+plugins' included. ``[algorithm]`` is validated by the named algorithm's own config class, and
+``[model]``, ``[topology]`` and ``[network]`` by their entry's class when it brings one.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, model_validator
-
-from peerlearn.config.algorithms_async import ADPSGDConfig, DivShareConfig, SwiftConfig
-from peerlearn.config.algorithms_sparse import (
-    ChocoConfig,
-    JWINSConfig,
-    SubsamplingConfig,
-    TopKConfig,
+from pydantic import (
+    AfterValidator,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    WrapValidator,
+    model_validator,
 )
-from peerlearn.config.sections import Section
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-DatasetName = Literal["digits", "synthetic", "cifar10", "fashion_mnist", "movielens"]
-ModelName = Literal["mlp", "gn_lenet", "matrix_factorization"]
-PartitionName = Literal["iid", "kshard", "dirichlet", "by_user"]
-TopologyName = Literal["ring", "regular", "full", "small_world", "file"]
-PresetName = Literal["uniform", "stragglers", "ideal", "divshare_60n7cs5", "diablo_60n", "kollaps"]
+from peerlearn.components import (
+    ALGORITHMS,
+    DATASETS,
+    MODELS,
+    PARTITIONERS,
+    PRESETS,
+    TOPOLOGIES,
+)
+from peerlearn.config.algorithms_sync import DPSGDConfig
+from peerlearn.config.sections import Section
+from peerlearn.plugins import load_entry_points, load_modules
+from peerlearn.registry import Registry
+
+__all__ = ["DPSGDConfig", "ExperimentConfig"]
 
 PosInt = Annotated[int, Field(gt=0)]
 PosFloat = Annotated[float, Field(gt=0)]
@@ -54,11 +65,49 @@ def check_run_name(name: str) -> str:
     return name
 
 
+def _unknown_name(registry: Registry, name: Any) -> PydanticCustomError:
+    return PydanticCustomError(
+        "unknown_name",
+        "unknown {kind}; allowed: {allowed}",
+        {"kind": registry.kind, "allowed": registry.allowed()},
+    )
+
+
+def _registered(registry: Registry) -> AfterValidator:
+    """A name field that must be in ``registry``."""
+
+    def check(name: str) -> str:
+        if name not in registry:
+            raise _unknown_name(registry, name)
+        return name
+
+    return AfterValidator(check)
+
+
+def _by_name(registry: Registry, key: str, base: type[Section]) -> WrapValidator:
+    """A section validated by the class its name's entry brings (``entry.config``), else by
+    ``base``; an unknown name is reported at ``<section>.<key>`` with the allowed names."""
+
+    def pick(value: Any, handler: Callable[[Any], Any]) -> Any:
+        if isinstance(value, base) or not isinstance(value, dict):
+            return handler(value)
+        name = value.get(key, base.model_fields[key].default)
+        if not isinstance(name, str) or name not in registry:
+            raise ValidationError.from_exception_data(
+                base.__name__,
+                [InitErrorDetails(type=_unknown_name(registry, name), loc=(key,), input=name)],
+            )
+        cls = getattr(registry.get(name), "config", None) or base
+        return cls.model_validate(value)
+
+    return WrapValidator(pick)
+
+
 class DataConfig(Section):
-    dataset: DatasetName = "digits"
+    dataset: Annotated[str, _registered(DATASETS)] = "digits"
     root: str | None = None
     variant: str | None = None
-    partition: PartitionName = "iid"
+    partition: Annotated[str, _registered(PARTITIONERS)] = "iid"
     shards: PosInt = 2
     alpha: PosFloat = 1.0
     min_samples: PosInt = 2
@@ -67,22 +116,26 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
-        if self.partition == "by_user" and self.dataset != "movielens":
-            raise ValueError(f"partition 'by_user' needs dataset 'movielens', not {self.dataset!r}")
-        if self.dataset == "movielens" and self.variant not in (
-            None,
-            "ml-latest-small",
-            "ml-100k",
-        ):
+        dataset = DATASETS.get(self.dataset)
+        needs = PARTITIONERS.get(self.partition).needs_kind
+        if needs is not None and dataset.kind != needs:
+            fits = [d.name for d in DATASETS.entries() if d.kind == needs]
             raise ValueError(
-                f"variant {self.variant!r} is not a MovieLens variant; "
-                "allowed: 'ml-latest-small', 'ml-100k'"
+                f"partition {self.partition!r} needs a {needs} dataset ({', '.join(fits)}), "
+                f"not {self.dataset!r}"
+            )
+        if dataset.variants is not None and self.variant not in (None, *dataset.variants):
+            allowed = ", ".join(repr(v) for v in dataset.variants)
+            raise ValueError(
+                f"variant {self.variant!r} is not a {self.dataset} variant; allowed: {allowed}"
             )
         return self
 
 
 class ModelConfig(Section):
-    name: ModelName = "mlp"
+    """``[model]``; a plugin model with keys of its own subclasses it (``ModelEntry.config``)."""
+
+    name: Annotated[str, _registered(MODELS)] = "mlp"
     hidden: list[PosInt] = Field(default_factory=lambda: [64])
     factors: PosInt = 20
 
@@ -112,7 +165,9 @@ class ComputeConfig(Section):
 
 
 class NetworkConfig(Section):
-    preset: PresetName = "uniform"
+    """``[network]``; a plugin preset with keys of its own subclasses it."""
+
+    preset: Annotated[str, _registered(PRESETS)] = "uniform"
     mbps: PosFloat = 100.0
     fast_mbps: PosFloat = 60.0
     slowdown: Annotated[float, Field(ge=1)] = 5.0
@@ -139,7 +194,9 @@ class NetworkConfig(Section):
 
 
 class TopologyConfig(Section):
-    kind: TopologyName = "regular"
+    """``[topology]``; a plugin topology with keys of its own subclasses it."""
+
+    kind: Annotated[str, _registered(TOPOLOGIES)] = "regular"
     degree: PosInt = 4
     rewire_p: Annotated[float, Field(ge=0, le=1)] = 0.1
     path: str | None = None
@@ -151,23 +208,8 @@ class TopologyConfig(Section):
         return self
 
 
-class DPSGDConfig(Section):
-    """Synchronous D-PSGD: train, send the full model to every neighbour, wait, MH-average."""
-
-    name: Literal["dpsgd"] = "dpsgd"
-
-
-AlgorithmConfig = Annotated[
-    DPSGDConfig
-    | DivShareConfig
-    | SwiftConfig
-    | ADPSGDConfig
-    | JWINSConfig
-    | TopKConfig
-    | SubsamplingConfig
-    | ChocoConfig,
-    Field(discriminator="name"),
-]
+#: ``[algorithm]``: validated by the named algorithm's config class (its registry entry)
+AlgorithmConfig = Annotated[SerializeAsAny[Section], _by_name(ALGORITHMS, "name", DPSGDConfig)]
 
 
 class StopConfig(Section):
@@ -181,8 +223,10 @@ class StopConfig(Section):
         return self
 
 
-#: algorithms that advance in synchronous rounds (protocols.rounds.SyncRounds; a test checks)
-SYNCHRONOUS = ("dpsgd", "jwins", "topk", "subsampling", "choco")
+def synchronous_algorithms() -> list[str]:
+    """Algorithms that advance in synchronous rounds (``protocols.rounds.SyncRounds``; a test
+    checks the built-ins)."""
+    return [e.name for e in ALGORITHMS.entries() if e.synchronous]
 
 
 class EvalConfig(Section):
@@ -244,20 +288,39 @@ class DeployConfig(Section):
 
 
 class ExperimentConfig(Section):
+    # modules imported before the rest is validated: they register plugins' components
+    plugins: list[str] | None = None
     name: Annotated[str, AfterValidator(check_run_name)] = "run"
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 1
     nodes: Annotated[int, Field(ge=2, le=100_000)] = 16
     engine: Literal["sim", "deploy"] = "sim"
     data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: Annotated[SerializeAsAny[ModelConfig], _by_name(MODELS, "name", ModelConfig)] = Field(
+        default_factory=ModelConfig
+    )
     train: TrainConfig = Field(default_factory=TrainConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
-    network: NetworkConfig = Field(default_factory=NetworkConfig)
-    topology: TopologyConfig = Field(default_factory=TopologyConfig)
+    network: Annotated[
+        SerializeAsAny[NetworkConfig], _by_name(PRESETS, "preset", NetworkConfig)
+    ] = Field(default_factory=NetworkConfig)
+    topology: Annotated[
+        SerializeAsAny[TopologyConfig], _by_name(TOPOLOGIES, "kind", TopologyConfig)
+    ] = Field(default_factory=TopologyConfig)
     algorithm: AlgorithmConfig = Field(default_factory=DPSGDConfig)
     stop: StopConfig = Field(default_factory=StopConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _load_plugins(cls, data: Any) -> Any:
+        """Installed plugins (entry points) and the config's ``plugins`` modules register their
+        components before any name in the config is looked up."""
+        load_entry_points()
+        names = data.get("plugins") if isinstance(data, dict) else None
+        if isinstance(names, list) and all(isinstance(n, str) for n in names):
+            load_modules(names)  # anything else: the field's own type error
+        return data
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
@@ -277,21 +340,30 @@ class ExperimentConfig(Section):
         if self.eval.nodes is not None and self.eval.nodes > n:
             raise ValueError(f"eval.nodes = {self.eval.nodes} is more than nodes ({n})")
         if self.eval.every_iterations is not None and (
-            self.algorithm.name not in SYNCHRONOUS or self.engine != "sim"
+            not ALGORITHMS.get(self.algorithm.name).synchronous or self.engine != "sim"
         ):
             raise ValueError(
-                f"eval.every_iterations needs a synchronous algorithm {list(SYNCHRONOUS)} "
+                f"eval.every_iterations needs a synchronous algorithm {synchronous_algorithms()} "
                 f"and engine 'sim' (got {self.algorithm.name!r}, {self.engine!r}); "
                 "use eval.every_s"
             )
-        if self.model.name == "matrix_factorization" and self.data.dataset != "movielens":
-            raise ValueError("model 'matrix_factorization' needs dataset 'movielens'")
-        if self.data.dataset == "movielens" and self.model.name != "matrix_factorization":
-            raise ValueError("dataset 'movielens' needs model 'matrix_factorization'")
-        if self.model.name == "gn_lenet" and self.data.dataset not in ("cifar10", "fashion_mnist"):
-            raise ValueError("model 'gn_lenet' needs an image dataset (cifar10, fashion_mnist)")
+        self._check_model_fits_data()
         self._check_budget()
         return self
+
+    def _check_model_fits_data(self) -> None:
+        """The model reads the dataset's kind of input (``ModelEntry.inputs``)."""
+        model, data = self.model.name, self.data.dataset
+        entry, kind = MODELS.get(model), DATASETS.get(data).kind
+        if kind in entry.inputs:
+            return
+        takes = [d.name for d in DATASETS.entries() if d.kind in entry.inputs]
+        fits = [m.name for m in MODELS.entries() if kind in m.inputs]
+        raise ValueError(
+            f"model {model!r} reads {' or '.join(entry.inputs)} data (datasets: "
+            f"{', '.join(takes) or 'none registered'}), not dataset {data!r} ({kind} data); "
+            f"models for {data!r}: {', '.join(fits) or 'none registered'}"
+        )
 
     def _check_budget(self) -> None:
         """Refuse runs that could never finish: too many evaluations or training steps."""

@@ -13,14 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from peerlearn.components import PARTITIONERS, register_partitioner
 from peerlearn.data.base import Dataset
+from peerlearn.registry import resolve
 
-SCHEMES: dict[str, str] = {
-    "iid": "seeded shuffle, split into near-equal parts",
-    "kshard": "sort by label, each node takes `shards` contiguous shards at random positions",
-    "dirichlet": "per class, Dirichlet(alpha) shares over nodes (small alpha = more skew)",
-    "by_user": "MovieLens: contiguous blocks of users per node, with local test sets",
-}
+#: the partitioners, by name (built-ins registered at the end of this module)
+SCHEMES = PARTITIONERS
 DIRICHLET_MAX_TRIES = 1000
 
 
@@ -65,16 +63,12 @@ def make_partition(
     if not isinstance(n_nodes, int | np.integer) or n_nodes < 1:
         raise ValueError(f"n_nodes must be a positive integer, not {n_nodes!r}")
     n_nodes, seed = int(n_nodes), int(seed)
-    if scheme == "iid":
-        part = _iid(dataset.n_train, n_nodes, seed)
-    elif scheme == "kshard":
-        part = _kshard(_labels(dataset, scheme), n_nodes, seed, shards)
-    elif scheme == "dirichlet":
-        labels = _labels(dataset, scheme)
-        num_classes = max(int(dataset.num_classes or 0), int(labels.max(initial=-1)) + 1)
-        part = _dirichlet(labels, num_classes, n_nodes, seed, alpha, min_samples, balance)
-    else:
-        part = _by_user(dataset, n_nodes)
+    split = resolve(PARTITIONERS.get(scheme).split)
+    part = split(
+        dataset, n_nodes, seed, shards=shards, alpha=alpha, min_samples=min_samples, balance=balance
+    )
+    if not isinstance(part, Partition) or len(part.train) != n_nodes:
+        raise ValueError(f"partition {scheme!r} did not give a Partition over {n_nodes} nodes")
     part.info.setdefault("scheme", scheme)
     for node, idx in enumerate(part.train):
         if len(idx) == 0:
@@ -238,3 +232,52 @@ def _by_user(dataset: Dataset, n_nodes: int) -> Partition:
         test=_rows_by_user(te_users, edges),
         info={"user_ranges": [(int(edges[i]), int(edges[i + 1])) for i in range(n_nodes)]},
     )
+
+
+# -- the built-in partitioners: split(dataset, n_nodes, seed, **data keys) -> Partition ---------
+
+
+def _split_iid(dataset: Dataset, n_nodes: int, seed: int, **_: Any) -> Partition:
+    return _iid(dataset.n_train, n_nodes, seed)
+
+
+def _split_kshard(dataset: Dataset, n_nodes: int, seed: int, *, shards: int, **_: Any) -> Partition:
+    return _kshard(_labels(dataset, "kshard"), n_nodes, seed, shards)
+
+
+def _split_dirichlet(
+    dataset: Dataset,
+    n_nodes: int,
+    seed: int,
+    *,
+    alpha: float,
+    min_samples: int,
+    balance: bool = True,
+    **_: Any,
+) -> Partition:
+    labels = _labels(dataset, "dirichlet")
+    num_classes = max(int(dataset.num_classes or 0), int(labels.max(initial=-1)) + 1)
+    return _dirichlet(labels, num_classes, n_nodes, seed, alpha, min_samples, balance)
+
+
+def _split_by_user(dataset: Dataset, n_nodes: int, seed: int, **_: Any) -> Partition:
+    return _by_user(dataset, n_nodes)
+
+
+register_partitioner("iid", _split_iid, description="seeded shuffle, split into near-equal parts")
+register_partitioner(
+    "kshard",
+    _split_kshard,
+    description="sort by label, each node takes `shards` contiguous shards at random positions",
+)
+register_partitioner(
+    "dirichlet",
+    _split_dirichlet,
+    description="per class, Dirichlet(alpha) shares over nodes (small alpha = more skew)",
+)
+register_partitioner(
+    "by_user",
+    _split_by_user,
+    needs_kind="ratings",
+    description="MovieLens: contiguous blocks of users per node, with local test sets",
+)

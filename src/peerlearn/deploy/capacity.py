@@ -24,6 +24,7 @@ import math
 import os
 from dataclasses import dataclass
 
+from peerlearn.components import DATASETS
 from peerlearn.config.schema import ExperimentConfig
 from peerlearn.deploy.errors import DeployError
 
@@ -43,13 +44,6 @@ PROCESSES_PER_CORE = 4
 #: plan to use at most this fraction of the memory available now
 MEMORY_FRACTION = 0.8
 
-# (n_samples train + test, input shape, classes) of the datasets, without loading them
-_DATASETS: dict[str, tuple[int, tuple[int, ...], int | None]] = {
-    "digits": (1797, (64,), 10),
-    "cifar10": (60_000, (3, 32, 32), 10),
-    "fashion_mnist": (70_000, (1, 28, 28), 10),
-    "movielens": (100_836, (2,), None),  # ml-latest-small; ml-100k has 100,000
-}
 _MOVIELENS_SIZES = {"ml-100k": (943, 1682), "ml-latest-small": (610, 9724)}
 
 
@@ -184,10 +178,18 @@ def _dataset_shape(cfg: ExperimentConfig) -> tuple[int, tuple[int, ...], int | N
 
         p = dict(DEFAULTS, **cfg.data.synthetic)
         return int(p["n_train"]) + int(p["n_test"]), (int(p["n_features"]),), int(p["n_classes"])
-    return _DATASETS[cfg.data.dataset]
+    footprint = DATASETS.get(cfg.data.dataset).footprint
+    if footprint is not None:  # (n_samples train + test, input shape, classes), without loading
+        return footprint
+    from peerlearn.experiment import load_data  # a plugin's dataset that gives no footprint
+
+    ds, _ = load_data(cfg)
+    return len(ds.train_y) + len(ds.test_y), tuple(ds.input_shape), ds.num_classes
 
 
 def _model_params(cfg: ExperimentConfig, shape: tuple[int, ...], classes: int | None) -> int:
+    from peerlearn.config.schema import ModelConfig
+    from peerlearn.experiment import own_keys
     from peerlearn.models.zoo import build_model
 
     info: dict = {}
@@ -203,6 +205,7 @@ def _model_params(cfg: ExperimentConfig, shape: tuple[int, ...], classes: int | 
             seed=cfg.seed,
             hidden=tuple(cfg.model.hidden),
             factors=cfg.model.factors,
+            **own_keys(cfg.model, ModelConfig),
         )
     except ValueError:  # a bad combination: the nodes will say so; assume a mid-size model
         return 1_000_000

@@ -34,12 +34,13 @@ import zmq.asyncio
 
 from peerlearn.codecs.floats import FPZIP, RAW, FloatCodec, float_codec
 from peerlearn.codecs.message import Message
+from peerlearn.components import ALGORITHMS
+from peerlearn.compute.cost_model import training_time
 from peerlearn.compute.evaluator import BatchedEvaluator
 from peerlearn.compute.trainer import BatchedTrainer, TrainJob
 from peerlearn.deploy.decoder import DecoderProcess, SandboxedFpzip
 from peerlearn.deploy.errors import DeployError
 from peerlearn.deploy.wire import (
-    ALGORITHM_PAYLOADS,
     WireError,
     WireLimits,
     decode_message,
@@ -61,7 +62,6 @@ from peerlearn.protocols.base import (
     TrainingDone,
 )
 from peerlearn.results.atomic import write_atomic
-from peerlearn.sim.compute_model import training_time
 
 log = logging.getLogger("peerlearn.deploy")
 
@@ -182,6 +182,7 @@ class NodeRuntime:
         self.proto = setup.protocol(node, self.model)  # the simulator's seeds, see Setup
         d = cfg.deploy
         codec = run_float_codec(cfg.algorithm)
+        algorithm = ALGORITHMS.get(cfg.algorithm.name)
         # received fpzip blobs are decoded in a child process: fpzip's C decoder can crash
         self.decoder = (decoder or DecoderProcess()) if codec is FPZIP else None
         self.owns_decoder = self.decoder is not None and decoder is None
@@ -189,7 +190,8 @@ class NodeRuntime:
             node=node,
             n_nodes=self.n,
             numel=self.numel,
-            allowed=ALGORITHM_PAYLOADS[cfg.algorithm.name],
+            allowed=algorithm.payload_classes(),
+            kinds=frozenset(algorithm.kinds),
             max_bytes=d.max_message_bytes or default_max_bytes(self.numel),
             float_codec=SandboxedFpzip(self.decoder) if self.decoder else codec,
         )

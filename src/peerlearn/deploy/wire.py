@@ -11,6 +11,9 @@ naming the reason, which the runtime counts. No pickle, ever: a frame is only ev
 fixed struct and the codecs' ``decode``. Float blobs are decoded only with the run's own float
 codec (``WireLimits.float_codec``), whatever codec a frame's flags name; a deployed node's fpzip
 is ``deploy.decoder.SandboxedFpzip``, which never runs fpzip's C decoder in the node's process.
+
+Kind and payload ids, and which payloads an algorithm accepts, come from the registries
+(``peerlearn.components``): a plugin's payload brings its own wire id, decoder and range check.
 """
 
 from __future__ import annotations
@@ -20,9 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from peerlearn.codecs.dense import DenseVector
+from peerlearn.codecs.builtin import partial_bound
 from peerlearn.codecs.floats import RAW, FloatCodec
-from peerlearn.codecs.fragment import FragmentPayload
 from peerlearn.codecs.message import (
     HEADER,
     HEADER_BYTES,
@@ -32,35 +34,48 @@ from peerlearn.codecs.message import (
     Payload,
     PayloadError,
 )
-from peerlearn.codecs.partial import PartialPayload
-from peerlearn.codecs.seedmask import SeedMaskVector
-from peerlearn.codecs.sparse import SparseVector
+from peerlearn.components import ALGORITHMS, KINDS, PAYLOADS, PayloadEntry
+from peerlearn.registry import resolve
 
-#: message kinds the protocols use; id 0 is never valid
-KINDS: dict[str, int] = {"model": 1, "fragment": 2, "ping": 3, "reply": 4, "decline": 5}
-KIND_NAMES = {v: k for k, v in KINDS.items()}
+__all__ = ["partial_bound"]
 
-#: payload classes; id 0 is never valid
-PAYLOAD_TYPES: dict[int, type[Payload]] = {
-    1: DenseVector,
-    2: FragmentPayload,
-    3: PartialPayload,
-    4: SparseVector,
-    5: SeedMaskVector,
-}
-PAYLOAD_IDS = {cls: i for i, cls in PAYLOAD_TYPES.items()}
 
-#: which payload types each algorithm may receive (anything else is rejected before decoding)
-ALGORITHM_PAYLOADS: dict[str, frozenset[type[Payload]]] = {
-    "dpsgd": frozenset({DenseVector}),
-    "divshare": frozenset({FragmentPayload}),
-    "swift": frozenset({FragmentPayload}),
-    "adpsgd": frozenset({FragmentPayload}),
-    "jwins": frozenset({PartialPayload}),
-    "topk": frozenset({PartialPayload}),
-    "subsampling": frozenset({SeedMaskVector}),
-    "choco": frozenset({SparseVector, PartialPayload}),
-}
+class _WireIds:
+    """Message kinds and payload types by wire id and back, rebuilt when a plugin registers
+    one (the registries' ``version``)."""
+
+    def __init__(self) -> None:
+        self._versions = (-1, -1)
+        self.kind_ids: dict[str, int] = {}
+        self.kind_names: dict[int, str] = {}
+        self.payload_ids: dict[type, int] = {}
+        self.payloads: dict[int, PayloadEntry] = {}
+        self.classes: dict[int, type[Payload]] = {}
+
+    def current(self) -> _WireIds:
+        # per frame: two integer compares; the tables are rebuilt only after a registration
+        if (KINDS.version, PAYLOADS.version) != self._versions:
+            kinds, payloads = KINDS.entries(), PAYLOADS.entries()  # built-ins load on first use
+            self.kind_ids = {e.name: e.wire_id for e in kinds}
+            self.kind_names = {i: k for k, i in self.kind_ids.items()}
+            self.payloads = {e.wire_id: e for e in payloads}
+            self.classes = {i: e.payload_class() for i, e in self.payloads.items()}
+            self.payload_ids = {cls: i for i, cls in self.classes.items()}
+            self._versions = (KINDS.version, PAYLOADS.version)
+        return self
+
+
+_IDS = _WireIds()
+
+
+def payload_types() -> dict[int, type[Payload]]:
+    """Payload classes by wire id (id 0 is never valid)."""
+    return dict(_IDS.current().classes)
+
+
+def algorithm_payloads(name: str) -> frozenset[type[Payload]]:
+    """The payload types algorithm ``name`` may receive (its registry entry says which)."""
+    return ALGORITHMS.get(name).payload_classes()
 
 
 class WireError(ValueError):
@@ -78,8 +93,9 @@ def default_max_bytes(numel: int) -> int:
 
 def encode_message(msg: Message) -> bytes:
     """Header + payload bytes; the length equals ``msg.nbytes`` (what the simulator counts)."""
-    kind = KINDS.get(msg.kind)
-    ptype = PAYLOAD_IDS.get(type(msg.payload))
+    ids = _IDS.current()
+    kind = ids.kind_ids.get(msg.kind)
+    ptype = ids.payload_ids.get(type(msg.payload))
     if kind is None or ptype is None:
         raise ValueError(f"no wire id for kind {msg.kind!r} / payload {type(msg.payload).__name__}")
     body = msg.payload.encode()
@@ -87,12 +103,6 @@ def encode_message(msg: Message) -> bytes:
         MAGIC, WIRE_VERSION, kind | (ptype << 4), msg.src, msg.dst, msg.iteration, len(body)
     )
     return head + body
-
-
-def partial_bound(numel: int) -> int:
-    """Most values, and bound on indices, of a partial payload: it may carry transform
-    coefficients (JWINS's wavelets), a little more than the model."""
-    return 2 * numel + 1024
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,8 @@ class WireLimits:
     allowed: frozenset[type[Payload]]
     max_bytes: int
     float_codec: FloatCodec = RAW
+    #: the message kinds the algorithm sends (None: any registered kind)
+    kinds: frozenset[str] | None = None
 
 
 def decode_message(frame: bytes, limits: WireLimits, *, identity: int | None = None) -> Message:
@@ -129,25 +141,34 @@ def decode_message(frame: bytes, limits: WireLimits, *, identity: int | None = N
         raise WireError("malformed", f"header announces {length} payload bytes")
     if iteration < 0:
         raise WireError("malformed", f"iteration {iteration}")
-    kind = KIND_NAMES.get(kind_byte & 0x0F)
-    cls = PAYLOAD_TYPES.get(kind_byte >> 4)
+    ids = _IDS.current()
+    kind = ids.kind_names.get(kind_byte & 0x0F)
+    cls = ids.classes.get(kind_byte >> 4)
     if kind is None or cls is None:
         raise WireError("bad_type", f"kind byte {kind_byte:#x}")
     if cls not in limits.allowed:
         raise WireError("bad_type", f"{cls.__name__} is not used by this algorithm")
+    if limits.kinds is not None and kind not in limits.kinds:
+        raise WireError("bad_type", f"message kind {kind!r} is not used by this algorithm")
+    entry = ids.payloads[kind_byte >> 4]
     body = frame[HEADER_BYTES:]
     try:
-        if cls is PartialPayload:
-            payload = PartialPayload.decode(
-                body, codec=limits.float_codec, max_values=partial_bound(limits.numel)
+        if entry.decode is not None:
+            payload = resolve(entry.decode)(
+                body, numel=limits.numel, float_codec=limits.float_codec
             )
         else:
             payload = cls.decode(body)
+        if type(payload) is not cls:
+            raise TypeError(f"decoded a {type(payload).__name__}")
+        if entry.check is not None:
+            resolve(entry.check)(payload, limits.numel)
     except PayloadError as exc:
         raise WireError(exc.reason, f"{cls.__name__}: {exc}") from None
     except Exception as exc:  # any codec failure is the sender's fault, never the receiver's
         raise WireError("undecodable", f"{cls.__name__}: {exc}") from None
-    _check_payload(payload, limits.numel)
+    if not _finite(payload.values):
+        raise WireError("not_finite", "NaN or infinite values")
     return Message(src, dst, kind, iteration, payload)
 
 
@@ -155,35 +176,3 @@ def _finite(values: torch.Tensor | np.ndarray) -> bool:
     if isinstance(values, torch.Tensor):
         return bool(torch.isfinite(values).all())
     return bool(np.isfinite(values).all())
-
-
-def _check_payload(payload: Payload, numel: int) -> None:
-    """Ranges the codecs cannot know: lengths and indices against the model size, no NaN/inf."""
-    match payload:
-        case DenseVector():
-            if payload.values.numel() != numel:
-                raise WireError("bad_range", f"dense vector of {payload.values.numel()} != {numel}")
-        case FragmentPayload():
-            # the exact per-fragment length is checked by the protocol against its partition
-            if payload.values.numel() > numel:
-                raise WireError("bad_range", "fragment longer than the model")
-        case SparseVector() | PartialPayload():
-            idx = payload.indices
-            # partial payloads may index transform coefficients, a little more than the model
-            bound = numel if isinstance(payload, SparseVector) else partial_bound(numel)
-            if idx is not None and idx.size:
-                if idx.min() < 0 or idx.max() >= bound:
-                    raise WireError("bad_range", "index out of range")
-                if np.unique(idx).size != idx.size:
-                    raise WireError("bad_range", "duplicate indices")
-            elif idx is None and payload.values.size > bound:
-                raise WireError("bad_range", "full vector longer than the model")
-        case SeedMaskVector():
-            if payload.n != numel or not 0.0 <= payload.fraction <= 1.0:
-                raise WireError("bad_range", f"mask over {payload.n} coordinates, model {numel}")
-            try:
-                payload.indices()
-            except ValueError as exc:
-                raise WireError("bad_range", str(exc)) from None
-    if not _finite(payload.values):
-        raise WireError("not_finite", "NaN or infinite values")

@@ -18,15 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from peerlearn.components import MODELS, ModelEntry
 from peerlearn.models.layout import ParamLayout
+from peerlearn.registry import resolve
+
+__all__ = ["MODELS", "ModelSpec", "build_model", "model_shape"]
 
 Task = Literal["classification", "regression"]
-
-MODELS: dict[str, str] = {
-    "gn_lenet": "LeNet-style CNN with GroupNorm (3 conv 5x5 + linear); CIFAR-10 / Fashion-MNIST",
-    "matrix_factorization": "user/item embeddings, rating = dot product; MovieLens",
-    "mlp": "fully connected ReLU network on flattened features; e.g. digits",
-}
 
 
 class GNLeNet(nn.Module):
@@ -264,11 +262,12 @@ def _mlp(
     return MLP(math.prod(input_shape), tuple(hidden), _require_classes("mlp", num_classes))
 
 
-_BUILDERS: dict[str, tuple[Task, Callable[..., nn.Module]]] = {
-    "gn_lenet": ("classification", _gn_lenet),
-    "matrix_factorization": ("regression", _matrix_factorization),
-    "mlp": ("classification", _mlp),
-}
+def _entry(name: str) -> tuple[ModelEntry, Callable[..., nn.Module]]:
+    """The registered model ``name`` and its builder (ValueError naming the allowed ones)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
+    entry = MODELS.get(name)
+    return entry, resolve(entry.builder)
 
 
 def model_shape(
@@ -279,11 +278,12 @@ def model_shape(
     info: dict,
     hidden: tuple[int, ...] = (64,),
     factors: int = 20,
+    **params: Any,
 ) -> nn.Module:
-    """The named model's module on the meta device: its shapes, no memory (and no RNG draws)."""
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_BUILDERS))}")
-    _, builder = _BUILDERS[name]
+    """The named model's module on the meta device: its shapes, no memory (and no RNG draws).
+
+    ``params``: the keys of a plugin model's own config section."""
+    _, builder = _entry(name)
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         return builder(
             input_shape=tuple(input_shape),
@@ -291,6 +291,7 @@ def model_shape(
             info=info,
             hidden=tuple(hidden),
             factors=factors,
+            **params,
         )
 
 
@@ -303,15 +304,14 @@ def build_model(
     seed: int,
     hidden: tuple[int, ...] = (64,),
     factors: int = 20,
+    **params: Any,
 ) -> ModelSpec:
     """Build the named model, initialised deterministically from ``seed``.
 
     The global torch RNG is left untouched (init runs inside ``fork_rng``), so building a model
     never shifts the randomness of anything else in the run.
     """
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_BUILDERS))}")
-    task, builder = _BUILDERS[name]
+    entry, builder = _entry(name)
     # Seed only the CPU generator (torch.manual_seed would also reseed CUDA generators, which
     # fork_rng(devices=[]) does not restore); modules are built on the CPU.
     with torch.random.fork_rng(devices=[]):
@@ -322,6 +322,12 @@ def build_model(
             info=info,
             hidden=tuple(hidden),
             factors=factors,
+            **params,
+        )
+    if not isinstance(module, nn.Module):
+        raise ValueError(
+            f"model {name!r}: its builder returned {type(module).__name__}, not a torch.nn.Module"
         )
     module = module.to(torch.float32).requires_grad_(True)
+    task: Task = entry.task  # type: ignore[assignment]
     return ModelSpec(name=name, task=task, module=module, layout=ParamLayout.of(module))

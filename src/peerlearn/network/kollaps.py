@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from peerlearn.network.presets import NetworkSpec, RouteTable
+from peerlearn.network.spec import NetworkSpec, RouteTable
 
 _BANDWIDTH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]?)bps\s*$")
 _UNITS = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9}

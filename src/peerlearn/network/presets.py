@@ -1,22 +1,20 @@
-"""Network presets: per-node link capacities, pairwise latencies and optional shared links."""
+"""Network presets: per-node link capacities, pairwise latencies and optional shared links.
+
+``build_network`` checks what every preset shares and calls the registered preset's builder
+(``peerlearn.components.PRESETS``; the built-ins are registered in ``network.catalog``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from peerlearn.sim.flows import FlowNetwork
+from peerlearn.components import PRESETS
+from peerlearn.network.spec import NetworkSpec, RouteTable, mbps_to_Bps
+from peerlearn.registry import resolve
 
-PRESETS: dict[str, str] = {
-    "uniform": "every node at mbps up and down, latency_ms between every pair",
-    "stragglers": "fast nodes at fast_mbps; `stragglers` nodes (ids 0..k-1) at fast_mbps/slowdown",
-    "ideal": "infinite capacity and zero latency: every message arrives at once",
-    "divshare_60n7cs5": "DivShare artifact: 60 nodes, ids 0..6 at 10-13 Mbps, others 60 Mbps, star",
-    "diablo_60n": "DivShare artifact: 10 regions x 6 nodes, measured inter-region Mbps per pair",
-    "kollaps": "import a Kollaps 2.0 topology XML (kollaps_xml), collapsed to end-to-end paths",
-}
+__all__ = ["PRESETS", "NetworkSpec", "RouteTable", "build_network", "mbps_to_Bps"]
 
 #: the DivShare artifact's example_topology_60n7cs5.xml: the 7 stragglers' access links (Mbps)
 DIVSHARE_STRAGGLER_MBPS = (12.0, 12.0, 12.0, 13.0, 10.0, 13.0, 11.0)
@@ -60,49 +58,6 @@ def diablo_mbps() -> np.ndarray:
     return m
 
 
-class RouteTable:
-    """``route(src, dst)``: the shared links a pair crosses, from a table (picklable)."""
-
-    def __init__(self, n: int, routes: dict[tuple[int, int], tuple[int, ...]]) -> None:
-        self.n = n
-        self.routes = routes
-
-    def __call__(self, src: int, dst: int) -> tuple[int, ...]:
-        return self.routes.get((src, dst), ())
-
-
-def mbps_to_Bps(mbps: float) -> float:
-    """Megabits (1e6 bits) per second to bytes per second."""
-    return mbps * 1e6 / 8.0
-
-
-@dataclass
-class NetworkSpec:
-    """What the flow model needs; ``links``/``route`` leave room for Kollaps-style topologies."""
-
-    up_Bps: np.ndarray  # (n,)
-    down_Bps: np.ndarray  # (n,)
-    latency_s: np.ndarray  # (n, n), zero diagonal
-    links: list[float] = field(default_factory=list)
-    route: Callable[[int, int], Sequence[int]] | None = None
-    description: str = ""
-
-    @property
-    def n(self) -> int:
-        return len(self.up_Bps)
-
-    def to_flow_network(self, rate_update_s: float = 0.0) -> FlowNetwork:
-        """A fresh flow model at time 0 (the spec itself is never mutated)."""
-        return FlowNetwork(
-            self.up_Bps,
-            self.down_Bps,
-            self.latency_s,
-            self.links,
-            self.route,
-            rate_update_s=rate_update_s,
-        )
-
-
 def build_network(
     preset: str,
     n: int,
@@ -116,8 +71,11 @@ def build_network(
     seed: int = 1,  # reserved for randomized presets (jittered capacities, traces)
     kollaps_xml: str | None = None,
     intra_region_mbps: float | None = None,
+    **params: Any,
 ) -> NetworkSpec:
     """Build a preset; ValueError names the parameter that is out of range.
+
+    ``params``: the keys of a plugin preset's own config section.
 
     For the artifact presets and ``kollaps``, ``latency_ms`` is the latency of each *link* (the
     XML's 1 ms), and a path's latency is the sum over its links, as in Kollaps.
@@ -137,47 +95,84 @@ def build_network(
                 f"not {preset!r}"
             )
         _check_positive("intra_region_mbps", intra_region_mbps)
+    spec = resolve(PRESETS.get(preset).builder)(
+        n,
+        seed=seed,
+        mbps=mbps,
+        fast_mbps=fast_mbps,
+        slowdown=slowdown,
+        stragglers=stragglers,
+        straggler_ids=straggler_ids,
+        latency_ms=latency_ms,
+        kollaps_xml=kollaps_xml,
+        intra_region_mbps=intra_region_mbps,
+        **params,
+    )
+    if not isinstance(spec, NetworkSpec) or spec.n != n:
+        raise ValueError(f"preset {preset!r} did not give a NetworkSpec of {n} nodes")
+    return spec
 
-    if preset == "divshare_60n7cs5":
-        return divshare_60n7cs5(n, latency_ms=latency_ms)
-    if preset == "diablo_60n":
-        return diablo_60n(n, latency_ms=latency_ms, intra_region_mbps=intra_region_mbps)
-    if preset == "kollaps":
-        if not kollaps_xml:
-            raise ValueError("preset 'kollaps' needs kollaps_xml (a Kollaps topology XML file)")
-        from peerlearn.network.kollaps import import_kollaps  # imports this module
 
-        spec = import_kollaps(
-            kollaps_xml, intra_service_mbps=intra_region_mbps, latency_ms=latency_ms
-        )
-        if spec.n != n:
-            raise ValueError(f"{kollaps_xml} defines {spec.n} nodes but the run has n={n}")
-        return spec
+# -- the built-in presets: builder(n, seed=, **network keys) -> NetworkSpec ----------------------
+
+
+def _latency(n: int, latency_ms: float) -> np.ndarray:
     latency = np.full((n, n), latency_ms / 1e3)
     np.fill_diagonal(latency, 0.0)
+    return latency
 
-    if preset == "uniform":
-        _check_positive("mbps", mbps)
-        cap = np.full(n, mbps_to_Bps(mbps))
-        desc = f"uniform: {n} nodes at {mbps:g} Mbps, {latency_ms:g} ms"
-        return NetworkSpec(cap, cap.copy(), latency, description=desc)
 
-    if preset == "stragglers":
-        _check_positive("fast_mbps", fast_mbps)
-        if not (np.isfinite(slowdown) and slowdown >= 1):
-            raise ValueError(f"slowdown must be >= 1, got {slowdown}")
-        slow = _straggler_ids(n, stragglers, straggler_ids)
-        cap = np.full(n, mbps_to_Bps(fast_mbps))
-        cap[slow] = mbps_to_Bps(fast_mbps / slowdown)  # symmetric: up = down, as in the artifact
-        desc = (
-            f"stragglers: {len(slow)} of {n} nodes at {fast_mbps / slowdown:g} Mbps, "
-            f"others at {fast_mbps:g} Mbps, {latency_ms:g} ms"
-        )
-        return NetworkSpec(cap, cap.copy(), latency, description=desc)
+def uniform(n: int, *, mbps: float, latency_ms: float, **_: Any) -> NetworkSpec:
+    _check_positive("mbps", mbps)
+    cap = np.full(n, mbps_to_Bps(mbps))
+    desc = f"uniform: {n} nodes at {mbps:g} Mbps, {latency_ms:g} ms"
+    return NetworkSpec(cap, cap.copy(), _latency(n, latency_ms), description=desc)
 
-    # ideal
+
+def stragglers(
+    n: int,
+    *,
+    fast_mbps: float,
+    slowdown: float,
+    stragglers: int,
+    straggler_ids: list[int] | None,
+    latency_ms: float,
+    **_: Any,
+) -> NetworkSpec:
+    _check_positive("fast_mbps", fast_mbps)
+    if not (np.isfinite(slowdown) and slowdown >= 1):
+        raise ValueError(f"slowdown must be >= 1, got {slowdown}")
+    slow = _straggler_ids(n, stragglers, straggler_ids)
+    cap = np.full(n, mbps_to_Bps(fast_mbps))
+    cap[slow] = mbps_to_Bps(fast_mbps / slowdown)  # symmetric: up = down, as in the artifact
+    desc = (
+        f"stragglers: {len(slow)} of {n} nodes at {fast_mbps / slowdown:g} Mbps, "
+        f"others at {fast_mbps:g} Mbps, {latency_ms:g} ms"
+    )
+    return NetworkSpec(cap, cap.copy(), _latency(n, latency_ms), description=desc)
+
+
+def ideal(n: int, **_: Any) -> NetworkSpec:
     cap = np.full(n, np.inf)
     return NetworkSpec(cap, cap.copy(), np.zeros((n, n)), description="ideal: instant delivery")
+
+
+def kollaps(
+    n: int,
+    *,
+    kollaps_xml: str | None,
+    intra_region_mbps: float | None,
+    latency_ms: float,
+    **_: Any,
+) -> NetworkSpec:
+    if not kollaps_xml:
+        raise ValueError("preset 'kollaps' needs kollaps_xml (a Kollaps topology XML file)")
+    from peerlearn.network.kollaps import import_kollaps
+
+    spec = import_kollaps(kollaps_xml, intra_service_mbps=intra_region_mbps, latency_ms=latency_ms)
+    if spec.n != n:
+        raise ValueError(f"{kollaps_xml} defines {spec.n} nodes but the run has n={n}")
+    return spec
 
 
 def _check_artifact_nodes(preset: str, n: int) -> None:
@@ -185,7 +180,7 @@ def _check_artifact_nodes(preset: str, n: int) -> None:
         raise ValueError(f"preset {preset!r} is the artifact's 60-node network; got n={n}")
 
 
-def divshare_60n7cs5(n: int = 60, *, latency_ms: float = 1.0) -> NetworkSpec:
+def divshare_60n7cs5(n: int = 60, *, latency_ms: float = 1.0, **_: Any) -> NetworkSpec:
     """The artifact's straggler star: ids 0..6 at 12,12,12,13,10,13,11 Mbps, the rest 60 Mbps.
 
     Up = down (symmetric access links). Every message crosses two access links (sender to switch,
@@ -206,7 +201,7 @@ def divshare_60n7cs5(n: int = 60, *, latency_ms: float = 1.0) -> NetworkSpec:
 
 
 def diablo_60n(
-    n: int = 60, *, latency_ms: float = 1.0, intra_region_mbps: float | None = None
+    n: int = 60, *, latency_ms: float = 1.0, intra_region_mbps: float | None = None, **_: Any
 ) -> NetworkSpec:
     """The artifact's Diablo network: node i is replica i % 6 of region i // 6.
 

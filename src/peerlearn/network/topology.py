@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import networkx as nx
 import numpy as np
 
-TOPOLOGIES: dict[str, str] = {
-    "ring": "each node linked to its two neighbours on a cycle",
-    "regular": "random connected d-regular graph (degree=d), seeded",
-    "full": "fully connected: every pair of nodes linked",
-    "small_world": "connected Watts-Strogatz graph (k=degree, p=rewire_p), seeded",
-    "file": "edge list read from a file ('u v' lines; decentralizepy format accepted)",
-}
+from peerlearn.components import TOPOLOGIES
+from peerlearn.registry import resolve
+
+__all__ = ["TOPOLOGIES", "build_topology", "metropolis_hastings_weights", "read_edge_list"]
 
 # Random regular graphs with degree >= 3 are connected with high probability, so a few retries
 # suffice; the bound turns an impossible request into an error instead of a hang.
@@ -28,32 +26,55 @@ def build_topology(
     rewire_p: float = 0.1,
     path: str | None = None,
     seed: int = 1,
+    **params: Any,
 ) -> nx.Graph:
-    """Build a connected undirected graph with nodes 0..n-1; ValueError names the bad parameter."""
+    """Build a connected undirected graph with nodes 0..n-1; ValueError names the bad parameter.
+
+    ``kind`` is a registered topology (``peerlearn.components.TOPOLOGIES``); ``params`` are the
+    keys of a plugin topology's own config section."""
     if kind not in TOPOLOGIES:
         raise ValueError(f"unknown topology kind {kind!r}; choose one of {sorted(TOPOLOGIES)}")
     if n < 2:
         raise ValueError(f"topology needs n >= 2 nodes, got n={n}")
     if path is not None and kind != "file":
         raise ValueError(f"topology path is only used with kind='file', got kind={kind!r}")
-    if kind == "ring":
-        graph = nx.cycle_graph(n)
-    elif kind == "full":
-        graph = nx.complete_graph(n)
-    elif kind == "regular":
-        graph = _regular(n, degree, seed)
-    elif kind == "small_world":
-        graph = _small_world(n, degree, rewire_p, seed)
-    else:
-        if path is None:
-            raise ValueError("topology kind 'file' needs path (an edge-list file)")
-        graph = read_edge_list(path, n)
+    builder = resolve(TOPOLOGIES.get(kind).builder)
+    graph = builder(n, seed=seed, degree=degree, rewire_p=rewire_p, path=path, **params)
+    if not isinstance(graph, nx.Graph) or set(graph.nodes()) != set(range(n)):
+        raise ValueError(f"topology {kind!r} did not give a graph on nodes 0..{n - 1}")
+    if not nx.is_connected(graph):
+        raise ValueError(f"topology {kind!r} gave a disconnected graph on {n} nodes")
     # A fresh graph with nodes inserted in order keeps iteration order independent of how it was
     # built, so downstream neighbour lists are deterministic.
     out = nx.Graph()
     out.add_nodes_from(range(n))
     out.add_edges_from(sorted((min(u, v), max(u, v)) for u, v in graph.edges()))
     return out
+
+
+# -- the built-in topologies: builder(n, seed=, **topology keys) -> nx.Graph ---------------------
+
+
+def ring(n: int, **_: Any) -> nx.Graph:
+    return nx.cycle_graph(n)
+
+
+def full(n: int, **_: Any) -> nx.Graph:
+    return nx.complete_graph(n)
+
+
+def regular(n: int, *, degree: int, seed: int, **_: Any) -> nx.Graph:
+    return _regular(n, degree, seed)
+
+
+def small_world(n: int, *, degree: int, rewire_p: float, seed: int, **_: Any) -> nx.Graph:
+    return _small_world(n, degree, rewire_p, seed)
+
+
+def edge_file(n: int, *, path: str | None, **_: Any) -> nx.Graph:
+    if path is None:
+        raise ValueError("topology kind 'file' needs path (an edge-list file)")
+    return read_edge_list(path, n)
 
 
 def _derived_seed(seed: int, attempt: int) -> int:

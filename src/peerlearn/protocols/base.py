@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from peerlearn.codecs.message import Message, Payload
+from peerlearn.components import ALGORITHMS
 
 # ---------------------------------------------------------------------------------------------
 # Actions: what a protocol asks its engine to do.
@@ -118,6 +119,12 @@ class NodeContext:
     run_seed: int = 0
     #: names/shapes/offsets of the flat vector (a ``peerlearn.models.layout.ParamLayout``)
     layout: Any = None
+
+
+def default_params(name: str, params: Any) -> Any:
+    """``params``, or when None the defaults of algorithm ``name``'s registered config class
+    (protocols never import the config: the registry entry joins the two)."""
+    return params if params is not None else ALGORITHMS.get(name).config()
 
 
 class Protocol(ABC):

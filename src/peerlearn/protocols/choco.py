@@ -22,8 +22,7 @@ from peerlearn.codecs.floats import float_codec
 from peerlearn.codecs.message import Payload
 from peerlearn.codecs.partial import PartialPayload
 from peerlearn.codecs.sparse import SparseVector
-from peerlearn.config.algorithms_sparse import ChocoConfig
-from peerlearn.protocols.base import Action, Record
+from peerlearn.protocols.base import Action, Record, default_params
 from peerlearn.protocols.rounds import SyncRounds
 from peerlearn.protocols.sparse import top_k_indices
 
@@ -33,7 +32,7 @@ class Choco(SyncRounds):
     description = "CHOCO-SGD: TopK-compressed differences to public copies, consensus step gamma"
 
     def __init__(self, ctx, params, *, local_steps, max_iterations) -> None:
-        params = params if params is not None else ChocoConfig()
+        params = default_params("choco", params)
         super().__init__(ctx, params, local_steps=local_steps, max_iterations=max_iterations)
         self.n = int(ctx.model.numel())
         self.codec = float_codec(params.float_codec) if params.compress else None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from peerlearn.config.algorithms_sparse import JWINSConfig
+from peerlearn.protocols.base import default_params
 from peerlearn.protocols.sparse import PartialSharing
 from peerlearn.protocols.wavelet import FlatWavelet
 
@@ -33,7 +33,7 @@ class JWINS(PartialSharing):
     accumulate_averaging_changes = True
 
     def __init__(self, ctx, params, *, local_steps, max_iterations) -> None:
-        params = params if params is not None else JWINSConfig()
+        params = default_params("jwins", params)
         super().__init__(ctx, params, local_steps=local_steps, max_iterations=max_iterations)
 
     def setup_transform(self) -> None:

@@ -1,43 +1,34 @@
-"""Algorithm name -> protocol class, imported on first use."""
+"""Algorithm name -> protocol class, from the algorithm registry (``peerlearn.components``).
+
+``PROTOCOLS`` is a dict that fills itself from the registry on first lookup, so a test may put a
+stand-in class under a name (``monkeypatch.setitem(PROTOCOLS, "dpsgd", Spy)``).
+"""
 
 from __future__ import annotations
 
-from importlib import import_module
-
+from peerlearn.components import ALGORITHMS
 from peerlearn.protocols.base import Protocol
-
-#: name -> "module:Class"; every entry must import (tests check it)
-_CATALOG: dict[str, str] = {
-    "dpsgd": "peerlearn.protocols.dpsgd:DPSGD",
-    "divshare": "peerlearn.protocols.divshare:DivShare",
-    "swift": "peerlearn.protocols.swift:Swift",
-    "adpsgd": "peerlearn.protocols.adpsgd:ADPSGD",
-    "jwins": "peerlearn.protocols.jwins:JWINS",
-    "topk": "peerlearn.protocols.sparse:TopK",
-    "subsampling": "peerlearn.protocols.sparse:Subsampling",
-    "choco": "peerlearn.protocols.choco:Choco",
-}
+from peerlearn.registry import RegistryError
 
 
-class _Registry(dict):
-    """A dict of protocol classes that imports each one when first asked for."""
+class _Protocols(dict):
+    """Protocol classes by algorithm name, imported when first asked for."""
 
     def __missing__(self, name: str) -> type[Protocol]:
-        if name not in _CATALOG:
-            raise KeyError(name)
-        module, cls = _CATALOG[name].split(":")
-        self[name] = getattr(import_module(module), cls)
-        return self[name]
+        try:
+            return ALGORITHMS.get(name).protocol_class()
+        except RegistryError:
+            raise KeyError(name) from None
 
     def load_all(self) -> dict[str, type[Protocol]]:
-        return {name: self[name] for name in _CATALOG}
+        return {name: self[name] for name in ALGORITHMS.names()}
 
 
-PROTOCOLS = _Registry()
+PROTOCOLS = _Protocols()
 
 
 def protocol_class(name: str) -> type[Protocol]:
     try:
         return PROTOCOLS[name]
     except KeyError:
-        raise ValueError(f"unknown algorithm {name!r}; allowed: {sorted(_CATALOG)}") from None
+        raise ValueError(f"unknown algorithm {name!r}; allowed: {ALGORITHMS.names()}") from None

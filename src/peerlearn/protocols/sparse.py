@@ -25,8 +25,7 @@ from peerlearn.codecs.floats import float_codec
 from peerlearn.codecs.message import Payload
 from peerlearn.codecs.partial import PartialPayload
 from peerlearn.codecs.seedmask import SeedMaskVector
-from peerlearn.config.algorithms_sparse import SubsamplingConfig, TopKConfig
-from peerlearn.protocols.base import Action, Record
+from peerlearn.protocols.base import Action, Record, default_params
 from peerlearn.protocols.rounds import SyncRounds
 
 
@@ -169,7 +168,7 @@ class TopK(PartialSharing):
     )
 
     def __init__(self, ctx, params, *, local_steps, max_iterations) -> None:
-        params = params if params is not None else TopKConfig()
+        params = default_params("topk", params)
         self.accumulation = params.accumulation
         super().__init__(ctx, params, local_steps=local_steps, max_iterations=max_iterations)
 
@@ -189,7 +188,7 @@ class Subsampling(SyncRounds):
     )
 
     def __init__(self, ctx, params, *, local_steps, max_iterations) -> None:
-        params = params if params is not None else SubsamplingConfig()
+        params = default_params("subsampling", params)
         super().__init__(ctx, params, local_steps=local_steps, max_iterations=max_iterations)
         self.n = int(ctx.model.numel())
         self.own: np.ndarray | None = None

@@ -50,6 +50,7 @@ from peerlearn.results.metrics import ALL_NODES, MetricsRecorder
 from peerlearn.results.outcome import ByteCounters, RunResult
 from peerlearn.sim.compute_model import training_time
 from peerlearn.sim.events import EventQueue
+from peerlearn.sim.network import flow_network
 
 # event kinds in the queue
 _NODE, _DELIVER, _EVAL = 0, 1, 2
@@ -108,7 +109,7 @@ class Simulator:
             spec, ds.test_x, ds.test_y, batch_size=cfg.eval.batch_size, device=torch_device
         )
         self.streams = [setup.stream(i) for i in range(self.n)]
-        self.net = setup.network.to_flow_network(cfg.network.rate_update_s)
+        self.net = flow_network(setup.network, cfg.network.rate_update_s)
         self.queue = EventQueue()
         self.now = 0.0
         self.stop_time = cfg.stop.virtual_time_s if cfg.stop.virtual_time_s else math.inf

@@ -21,18 +21,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from peerlearn.codecs.dense import DenseVector
-from peerlearn.codecs.fragment import FragmentPayload
 from peerlearn.codecs.message import Payload
-from peerlearn.codecs.partial import PartialPayload
-from peerlearn.codecs.seedmask import SeedMaskVector
-from peerlearn.codecs.sparse import SparseVector
+from peerlearn.components import PAYLOADS as PAYLOAD_REGISTRY
 
-#: payload classes a state tree may hold, by the name stored
-PAYLOADS: dict[str, type[Payload]] = {
-    cls.__name__: cls
-    for cls in (DenseVector, FragmentPayload, PartialPayload, SparseVector, SeedMaskVector)
-}
+
+class _PayloadClasses:
+    """The registered payload classes a state tree may hold, by the class name stored."""
+
+    def __init__(self) -> None:
+        self._version = -1
+        self._by_name: dict[str, type[Payload]] = {}
+
+    def get(self, name: str) -> type[Payload] | None:
+        if PAYLOAD_REGISTRY.version != self._version:
+            entries = PAYLOAD_REGISTRY.entries()  # the built-ins, registered on first use
+            self._by_name = {(c := e.payload_class()).__name__: c for e in entries}
+            self._version = PAYLOAD_REGISTRY.version
+        return self._by_name.get(name)
+
+
+PAYLOADS = _PayloadClasses()
 _RESERVED = ("__nd__", "__pt__", "__tuple__", "__dict__", "__payload__", "__float__")
 
 
