@@ -21,7 +21,7 @@ from peerlearn.config.algorithms_sparse import (
 from peerlearn.config.sections import Section
 
 DatasetName = Literal["digits", "synthetic", "cifar10", "fashion_mnist", "movielens"]
-ModelName = Literal["mlp", "gn_lenet", "matrix_factorization"]
+ModelName = Literal["mlp", "gn_lenet", "matrix_factorization", "resnet8"]
 PartitionName = Literal["iid", "kshard", "dirichlet", "by_user"]
 TopologyName = Literal["ring", "regular", "full", "small_world", "file"]
 PresetName = Literal["uniform", "stragglers", "ideal", "divshare_60n7cs5", "diablo_60n", "kollaps"]
