@@ -81,13 +81,15 @@ def test_vmap_training_equals_each_node_alone_with_torch_optim_sgd():
         torch.testing.assert_close(batched[i], alone, rtol=0, atol=1e-5)
 
 
-def test_resnet8_evaluated_batched_equals_one_node_at_a_time():
+@pytest.mark.parametrize("chunk", [1, 2])  # 1: plain forward, channels-last; 2: vmap
+def test_resnet8_evaluated_batched_equals_one_node_at_a_time(chunk):
     spec = resnet8((3, 16, 16))
+    assert spec.channels_last
     g = torch.Generator().manual_seed(2)
     x, y = torch.randn(30, 3, 16, 16, generator=g), torch.randint(0, 10, (30,), generator=g)
     init = spec.init_vector()
     params = torch.stack([init + 0.05 * torch.randn(init.shape, generator=g) for _ in range(3)])
-    ev = BatchedEvaluator(spec, x, y, batch_size=8, node_chunk=2)
+    ev = BatchedEvaluator(spec, x, y, batch_size=8, node_chunk=chunk)
     local = [np.arange(0, 7), np.arange(5, 30), np.arange(3)]
     for got, sets in ((ev.evaluate(params), None), (ev.evaluate(params, local), local)):
         for i in range(3):
@@ -262,6 +264,31 @@ class WrongOutput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lin(x)
+
+
+class ViewsItsInput(nn.Module):
+    """``view`` needs contiguous memory: fine, but no channels-last batches for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x.view(x.shape[0], -1))
+
+
+def test_a_forward_that_views_its_input_gets_contiguous_batches():
+    spec = model_from_module(
+        "v", "classification", ViewsItsInput(), input_shape=(3, 2, 2), num_classes=3
+    )
+    assert not spec.channels_last
+    x = torch.randn(5, 3, 2, 2)
+    with torch.no_grad():
+        want = spec.forward(spec.init_vector(), x)
+    got = BatchedEvaluator(spec, x, torch.zeros(5, dtype=torch.int64), node_chunk=1)
+    assert got.evaluate(spec.init_vector()[None])["loss"].isfinite().all()
+    one = spec.stacked_forward_shared(spec.init_vector()[None], x)
+    torch.testing.assert_close(one[0], want)
 
 
 class BadHook(nn.Module):

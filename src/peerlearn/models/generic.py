@@ -109,6 +109,21 @@ def _check_output(spec: ModelSpec, out: torch.Tensor, num_classes: int | None) -
         )
 
 
+def _accepts_channels_last(
+    spec: ModelSpec, vec: torch.Tensor, x: torch.Tensor, out: torch.Tensor
+) -> bool:
+    """Whether an image batch in channels-last memory gives ``forward`` the same outputs (a
+    forward that ``view``s its input, for one, cannot take it)."""
+    if x.dim() != 4 or not x.is_floating_point():
+        return False
+    try:
+        with torch.no_grad():
+            other = spec.forward(vec, x.contiguous(memory_format=torch.channels_last))
+        return bool(torch.allclose(other, out, rtol=HOOK_RTOL, atol=HOOK_ATOL))
+    except Exception:  # e.g. a view of a non-contiguous tensor
+        return False
+
+
 def _targets(spec: ModelSpec, out: torch.Tensor) -> torch.Tensor:
     if spec.task == "classification":
         return torch.arange(PROBE_SAMPLES) % out.shape[-1]
@@ -145,6 +160,7 @@ def probe_batched(
     vec = spec.init_vector()
     x, out = _plain_forward(spec, vec, input_shape, sample)
     _check_output(spec, out, num_classes)
+    spec.channels_last = _accepts_channels_last(spec, vec, x, out)
     y = _targets(spec, out)
     g = torch.Generator().manual_seed(1)
     params = vec + 0.01 * torch.randn(PROBE_MODELS, vec.numel(), generator=g)
