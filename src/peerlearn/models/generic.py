@@ -154,7 +154,8 @@ def probe_batched(
     (one line) if the generic path cannot, or if a fast-path hook gives other numbers.
 
     ``sample``: a few real input samples; without it, random floats of ``input_shape`` (or
-    zero indices, for models whose input is integer, e.g. embeddings) are tried.
+    zero indices, for models whose input is integer, e.g. embeddings) are tried. Sets
+    ``spec.channels_last`` from what the forward accepts.
     """
     label = _label(spec.name, spec.module)
     vec = spec.init_vector()
