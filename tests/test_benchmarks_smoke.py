@@ -26,6 +26,7 @@ CASES = {
         "4",
     ],
     "eval_throughput.py": ["--nodes", "2", "--test", "64", "--batch", "32"],
+    "generic_model.py": ["--nodes", "2", "--steps", "1", "--repeats", "1", "--test", "16"],
     "results_digest.py": ["--virtual-s", "0.5"],
     "async_small.py": ["--virtual-s", "0.5"],
     "eval_memory.py": ["--models", "2", "--test", "64", "--batch", "32", "--rounds", "1"],

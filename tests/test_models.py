@@ -68,7 +68,7 @@ def test_matrix_factorization_predicts_dot_product():
 
 
 def test_models_listed():
-    assert set(MODELS) == {"gn_lenet", "matrix_factorization", "mlp"}
+    assert set(MODELS) == {"gn_lenet", "matrix_factorization", "mlp", "resnet8"}
 
 
 @pytest.mark.parametrize("name", ["gn_lenet", "mlp", "matrix_factorization"])

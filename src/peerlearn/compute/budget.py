@@ -1,11 +1,12 @@
 """Memory a run will need, estimated before anything large is allocated.
 
 A model is built first on PyTorch's ``meta`` device (shapes, no storage), which gives its exact
-parameter count and, through one forward pass, its activations per sample. The estimate adds
-what the simulator keeps per node (the model, a training snapshot, gradients, the result), the
-activations of one batched training call, and the minibatch index buffers of one local training.
-A run whose estimate is above this machine's physical memory is refused with the numbers, instead
-of dying in the allocator (or being killed) minutes later.
+parameter count and, through one forward pass, its activations per sample (every torch
+function's output, so any ``nn.Module`` is covered, not only its registered submodules). The
+estimate adds what the simulator keeps per node (the model, a training snapshot, gradients, the
+result), the activations of one batched training call, and the minibatch index buffers of one
+local training. A run whose estimate is above this machine's physical memory is refused with
+the numbers, instead of dying in the allocator (or being killed) minutes later.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 #: float32 copies of a node's model the simulator may hold (vector, snapshot, gradient, result)
 MODEL_COPIES = 4
@@ -40,25 +42,37 @@ def physical_memory() -> int:
         return 0
 
 
-def activations_per_sample(module: nn.Module, input_shape: tuple[int, ...], integer: bool) -> int:
-    """Numbers every layer outputs for one sample (a meta forward pass; input size if it fails)."""
-    total = [math.prod(input_shape)]
+class _OutputCounter(TorchFunctionMode):
+    """Adds up the elements of every tensor a torch function returns (layers and the
+    functional ops between them: F.relu, additions, pooling), whatever calls it."""
 
-    def hook(_m, _inp, out) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
         if isinstance(out, torch.Tensor):
-            total.append(out.numel())
+            self.total += out.numel()
+        return out
 
-    handles = [m.register_forward_hook(hook) for m in module.modules() if m is not module]
+
+def activations_per_sample(module: nn.Module, input_shape: tuple[int, ...], integer: bool) -> int:
+    """Numbers the forward pass makes for one sample: the input plus every torch function's
+    output (a meta forward pass; the input size if it fails).
+
+    Counting function outputs rather than submodule outputs also covers a module that computes
+    in its own forward with ``torch.nn.functional`` (any user module, the residual additions and
+    ReLUs of ResNet-8); views are counted too, which errs on the safe side.
+    """
+    counter = _OutputCounter()
+    x = torch.zeros((1, *input_shape), device="meta", dtype=torch.int64 if integer else None)
     try:
-        module(
-            torch.zeros((1, *input_shape), device="meta", dtype=torch.int64 if integer else None)
-        )
+        with counter:
+            module(x)
     except Exception:  # an architecture the meta device cannot run: the input alone
-        total = total[:1]
-    finally:
-        for h in handles:
-            h.remove()
-    return int(sum(total))
+        return math.prod(input_shape)
+    return math.prod(input_shape) + counter.total
 
 
 def estimate(

@@ -1,4 +1,8 @@
-"""Test-set evaluation of many nodes at once."""
+"""Test-set evaluation of many nodes at once.
+
+Any model is evaluated batched through ``vmap`` of its functional forward; a model's optional
+``stacked`` / ``stacked_shared`` hooks (``models/hooks.py``) replace that when present.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from peerlearn.compute.memory import keep_large_buffers
-from peerlearn.models.zoo import ModelSpec
+from peerlearn.models.spec import ModelSpec
 
 
 def distinct_rows(params: torch.Tensor) -> tuple[list[int], torch.Tensor]:

@@ -1,5 +1,9 @@
 """Local SGD for many nodes at once.
 
+Any model trains here through ``torch.func`` (``vmap`` of ``grad`` of the model's functional
+forward); a model's optional hand-batched hooks (``models/hooks.py``: ``stacked``,
+``sgd_step_rows``) replace that generic step when present.
+
 The simulator trains lazily: each node's job is a snapshot of its vector plus the minibatches it
 will use, and all pending jobs run together here. Jobs are independent (own start, own batches),
 so a batched run gives each job exactly the trajectory it would have alone; ``run_one_reference``
@@ -18,7 +22,8 @@ import torch.nn.functional as F
 from torch.func import grad_and_value, vmap
 
 from peerlearn.compute.cuda_graph import GraphCaptureError, GraphedSteps
-from peerlearn.models.zoo import ModelSpec
+from peerlearn.models.hooks import NO_FAST_PATHS
+from peerlearn.models.spec import ModelSpec
 
 
 @dataclass
@@ -38,7 +43,10 @@ GATHER_BYTES = 8 << 20
 
 
 class BatchedTrainer:
-    """Plain SGD (no momentum, no weight decay) for a set of jobs, vmapped across jobs."""
+    """Plain SGD (no momentum, no weight decay) for a set of jobs, batched across jobs.
+
+    ``stacked=False`` ignores the model's hooks: every step goes through the generic path.
+    """
 
     def __init__(
         self,
@@ -65,10 +73,11 @@ class BatchedTrainer:
         # Gradient w.r.t. the flat vector itself: no per-parameter dicts to flatten afterwards.
         self._step_grads = vmap(grad_and_value(loss_fn))
         # hand-batched architectures (grouped convolutions, bmm) beat vmap on CPU; see
-        # benchmarks/train_throughput.py
-        self.stacked = stacked and hasattr(spec.module, "stacked")
+        # benchmarks/train_throughput.py and benchmarks/generic_model.py
+        self.hooks = spec.hooks if stacked and spec.hooks is not None else NO_FAST_PATHS
+        self.stacked = self.hooks.stacked is not None
         # embeddings: update only the rows a batch touches (exactly the dense SGD step)
-        self.row_sparse = self.stacked and hasattr(spec.module, "sgd_step_rows")
+        self.row_sparse = self.hooks.sgd_step_rows is not None
         # Very wide grouped calls become memory-bound on CPU (60 GN-LeNets in one call train
         # ~25% slower than 16 at a time, benchmarks/train_throughput.py); jobs are independent,
         # so running them in chunks changes nothing in their results.
@@ -83,8 +92,9 @@ class BatchedTrainer:
         self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients (J, P) and losses (J,) of J models on their own batches, one backward."""
+        assert self.hooks.stacked is not None
         p = params.detach().requires_grad_(True)
-        out = self.spec.stacked_forward(p, x)
+        out = self.hooks.stacked(self.spec.layout.unflatten(p), x)
         if self.spec.task == "classification":
             per_sample = F.cross_entropy(
                 out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="none"
@@ -115,10 +125,10 @@ class BatchedTrainer:
         self, params: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor
     ) -> torch.Tensor:
         """``_sgd_step`` on the gathered samples ``xb`` (J, B, ...) and labels ``yb`` (J, B)."""
-        if self.row_sparse:
+        if self.hooks.sgd_step_rows is not None:
             with torch.no_grad():
                 views = self.spec.layout.unflatten(params)
-                return self.spec.module.sgd_step_rows(views, xb, yb, self.lr)
+                return self.hooks.sgd_step_rows(views, xb, yb, self.lr)
         step = self._stacked_step if self.stacked else self._step_grads
         grads, losses = step(params, xb, yb)
         params.add_(grads, alpha=-self.lr)  # as torch.optim.SGD does

@@ -26,3 +26,9 @@ register_model(
     size_keys=("factors",),
     description="user/item embeddings, rating = dot product; MovieLens",
 )
+register_model(
+    "resnet8",
+    "peerlearn.models.resnet8:build",
+    inputs=("image",),
+    description="ResNet-8 with GroupNorm (16/32/64 channels), generic vmap path; CIFAR-10",
+)

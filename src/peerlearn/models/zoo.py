@@ -1,8 +1,10 @@
 """The model zoo: every model is a template module plus a flat-vector layout.
 
-A ``ModelSpec`` is shared by all nodes of a run. Nodes hold only flat vectors; the template
-module gives the architecture, and ``ModelSpec.forward`` runs it functionally on any vector,
-so the same code serves one node, many nodes under ``vmap``, and the reference nn.Module path.
+A ``ModelSpec`` (``models/spec.py``) is shared by all nodes of a run. A model is a builder
+``(input_shape, num_classes, **params) -> nn.Module``; any module whose state is parameters and
+whose forward runs under ``vmap`` works (``models/generic.py`` checks it when it is built).
+GN-LeNet, the MLP and matrix factorization add hand-batched fast paths (``models/hooks.py``);
+ResNet-8 (``models/resnet8.py``) has none.
 """
 
 from __future__ import annotations
@@ -10,21 +12,18 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from peerlearn.components import MODELS, ModelEntry
-from peerlearn.models.layout import ParamLayout
+from peerlearn.models.generic import model_from_module
+from peerlearn.models.spec import ModelSpec, Task
 from peerlearn.registry import resolve
 
-__all__ = ["MODELS", "ModelSpec", "build_model", "model_shape"]
-
-Task = Literal["classification", "regression"]
+__all__ = ["MODELS", "ModelSpec", "Task", "build_model", "model_shape"]
 
 
 class GNLeNet(nn.Module):
@@ -167,50 +166,6 @@ class MLP(nn.Module):
         return torch.baddbmm(p["out.bias"].unsqueeze(1), h, p["out.weight"].mT)
 
 
-@dataclass
-class ModelSpec:
-    """One run's model: architecture (template module), task and flat layout."""
-
-    name: str
-    task: Task
-    module: nn.Module
-    layout: ParamLayout
-
-    def init_vector(self) -> torch.Tensor:
-        """The flat initial parameters (identical on every node)."""
-        return self.layout.flatten(self.module)
-
-    def forward(self, vec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Output of the model with parameters ``vec`` on the batch ``x`` (vmap/grad safe)."""
-        return functional_call(self.module, self.layout.unflatten(vec), (x,))
-
-    def stacked_forward(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Outputs of J models (``params`` (J, P)) on their own batches (``x`` (J, B, ...)).
-
-        Uses the architecture's hand-batched ``stacked`` (grouped convolutions, batched matrix
-        products) when it has one, else ``vmap`` of ``forward``. Ordinary autograd works through
-        it, so one backward pass gives every model its gradient.
-        """
-        stacked = getattr(self.module, "stacked", None)
-        if stacked is None:
-            return torch.func.vmap(self.forward)(params, x)
-        return stacked(self.layout.unflatten(params), x)
-
-    def stacked_forward_shared(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Outputs of J models on one batch ``x`` (B, ...) that all of them see; the
-        architecture's ``stacked_shared`` when it has one, else ``x`` broadcast to every model."""
-        shared = getattr(self.module, "stacked_shared", None)
-        if shared is None:
-            return self.stacked_forward(params, x.expand(params.shape[0], *x.shape))
-        return shared(self.layout.unflatten(params), x)
-
-    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy (classification) or mean squared error (regression)."""
-        if self.task == "classification":
-            return F.cross_entropy(out, y)
-        return F.mse_loss(out, y)
-
-
 def _require_classes(name: str, num_classes: int | None) -> int:
     if num_classes is None or num_classes < 2:
         raise ValueError(f"model {name!r} needs num_classes >= 2, got {num_classes!r}")
@@ -304,12 +259,15 @@ def build_model(
     seed: int,
     hidden: tuple[int, ...] = (64,),
     factors: int = 20,
+    sample: torch.Tensor | None = None,
     **params: Any,
 ) -> ModelSpec:
     """Build the named model, initialised deterministically from ``seed``.
 
     The global torch RNG is left untouched (init runs inside ``fork_rng``), so building a model
-    never shifts the randomness of anything else in the run.
+    never shifts the randomness of anything else in the run. The module is then checked and
+    probed batched (``models/generic.py``; ``sample``: a few real inputs for the probe), so a
+    model that cannot train batched across nodes fails here with one line.
     """
     entry, builder = _entry(name)
     # Seed only the CPU generator (torch.manual_seed would also reseed CUDA generators, which
@@ -328,6 +286,7 @@ def build_model(
         raise ValueError(
             f"model {name!r}: its builder returned {type(module).__name__}, not a torch.nn.Module"
         )
-    module = module.to(torch.float32).requires_grad_(True)
     task: Task = entry.task  # type: ignore[assignment]
-    return ModelSpec(name=name, task=task, module=module, layout=ParamLayout.of(module))
+    return model_from_module(
+        name, task, module, input_shape=tuple(input_shape), num_classes=num_classes, sample=sample
+    )
