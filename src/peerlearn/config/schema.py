@@ -19,6 +19,8 @@ from peerlearn.config.algorithms_sparse import (
     TopKConfig,
 )
 from peerlearn.config.sections import Section
+from peerlearn.protocols.epidemic import ELLocalConfig, ELOracleConfig
+from peerlearn.protocols.gossip import GossipConfig
 
 DatasetName = Literal["digits", "synthetic", "cifar10", "fashion_mnist", "movielens"]
 ModelName = Literal["mlp", "gn_lenet", "matrix_factorization"]
@@ -143,11 +145,18 @@ class TopologyConfig(Section):
     degree: PosInt = 4
     rewire_p: Annotated[float, Field(ge=0, le=1)] = 0.1
     path: str | None = None
+    # a fresh random connected `degree`-regular graph every round, from (seed, round)
+    dynamic: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> TopologyConfig:
         if self.kind == "file" and not self.path:
             raise ValueError("topology kind 'file' needs topology.path (an edge-list file)")
+        if self.dynamic and self.kind != "regular":
+            raise ValueError(
+                f"topology.dynamic = true needs kind 'regular' (a new random degree-regular "
+                f"graph every round), got kind {self.kind!r}"
+            )
         return self
 
 
@@ -165,7 +174,10 @@ AlgorithmConfig = Annotated[
     | JWINSConfig
     | TopKConfig
     | SubsamplingConfig
-    | ChocoConfig,
+    | ChocoConfig
+    | ELOracleConfig
+    | ELLocalConfig
+    | GossipConfig,
     Field(discriminator="name"),
 ]
 
@@ -182,7 +194,10 @@ class StopConfig(Section):
 
 
 #: algorithms that advance in synchronous rounds (protocols.rounds.SyncRounds; a test checks)
-SYNCHRONOUS = ("dpsgd", "jwins", "topk", "subsampling", "choco")
+SYNCHRONOUS = ("dpsgd", "jwins", "topk", "subsampling", "choco", "el_oracle", "el_local")
+#: the synchronous algorithms that follow the topology and can change it every round; CHOCO-SGD
+#: keeps s = sum_j w_ij x_hat_j over fixed neighbours, and Epidemic Learning draws its own peers
+DYNAMIC_TOPOLOGY = ("dpsgd", "jwins", "topk", "subsampling")
 
 
 class EvalConfig(Section):
@@ -284,6 +299,18 @@ class ExperimentConfig(Section):
                 f"and engine 'sim' (got {self.algorithm.name!r}, {self.engine!r}); "
                 "use eval.every_s"
             )
+        if self.topology.dynamic and self.algorithm.name not in DYNAMIC_TOPOLOGY:
+            why = {
+                "choco": "CHOCO-SGD keeps a weighted sum of its neighbours' public copies, "
+                "which a new neighbour set would invalidate"
+            }.get(self.algorithm.name, "it does not use the topology graph")
+            raise ValueError(
+                f"topology.dynamic = true works with {list(DYNAMIC_TOPOLOGY)}, not with "
+                f"algorithm {self.algorithm.name!r}: {why}"
+            )
+        check = getattr(self.algorithm, "check_experiment", None)
+        if check is not None:  # an algorithm's own checks against the rest of the config
+            check(self)
         if self.model.name == "matrix_factorization" and self.data.dataset != "movielens":
             raise ValueError("model 'matrix_factorization' needs dataset 'movielens'")
         if self.data.dataset == "movielens" and self.model.name != "matrix_factorization":

@@ -60,6 +60,9 @@ ALGORITHM_PAYLOADS: dict[str, frozenset[type[Payload]]] = {
     "topk": frozenset({PartialPayload}),
     "subsampling": frozenset({SeedMaskVector}),
     "choco": frozenset({SparseVector, PartialPayload}),
+    "el_oracle": frozenset({DenseVector}),
+    "el_local": frozenset({DenseVector}),
+    "gossip": frozenset({DenseVector}),
 }
 
 

@@ -16,6 +16,10 @@ _CATALOG: dict[str, str] = {
     "topk": "peerlearn.protocols.sparse:TopK",
     "subsampling": "peerlearn.protocols.sparse:Subsampling",
     "choco": "peerlearn.protocols.choco:Choco",
+    # written as one file each against the public protocol API (issue 12)
+    "el_oracle": "peerlearn.protocols.epidemic:ELOracle",
+    "el_local": "peerlearn.protocols.epidemic:ELLocal",
+    "gossip": "peerlearn.protocols.gossip:Gossip",
 }
 
 
