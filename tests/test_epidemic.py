@@ -264,3 +264,21 @@ def test_el_local_with_s_1_and_el_oracle_on_two_nodes_are_valid() -> None:
     load_config(
         None, ["algorithm.name=el_oracle", "algorithm.s=1", "nodes=2", "network.stragglers=0"]
     )
+
+
+def test_cli_refuses_choco_on_a_dynamic_topology_with_exit_2(tmp_path, capsys) -> None:
+    from peerlearn.cli import main
+
+    out = tmp_path / "run"
+    args = ["run", "--set", "topology.dynamic=true", "--set", "algorithm.name=choco"]
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "topology.dynamic" in err and "choco" in err and not out.exists()
+
+
+def test_peerlearn_list_names_the_new_algorithms(capsys) -> None:
+    from peerlearn.cli import main
+
+    assert main(["list"]) == 0
+    text = capsys.readouterr().out
+    assert all(name in text for name in ("el_oracle", "el_local", "gossip"))
