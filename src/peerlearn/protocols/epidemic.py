@@ -17,8 +17,9 @@ reference's EL-Local instead sends a "not working" notice to every node it does 
 waits for all n - 1 notices or models (a global barrier); here a node waits only for its actual
 senders, and no notice travels. See docs/algorithms_epidemic.md.
 
-This file is a complete algorithm written against the public protocol API: a config section,
-two ``SyncRounds`` subclasses, nothing else of peerlearn's internals.
+This file is a complete algorithm written as a user would, against public modules only
+(``protocols.rounds``, ``codecs.dense``, ``network.dynamic``, ``config.sections``): a config
+section per variant and two ``SyncRounds`` subclasses.
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ because the trainer owns the model meanwhile ("merge, then update", in the order
 MERGE_UPDATE mode uses). The age rides in the dense vector's int32 header field (the degree for
 D-PSGD). See docs/algorithms_epidemic.md.
 
-This file is a complete algorithm written against the public protocol API: a config section and
-one ``Protocol`` subclass.
+This file is a complete algorithm written as a user would, against public modules only
+(``protocols.base``, ``codecs.dense``, ``config.sections``): a config section and one
+``Protocol`` subclass.
 """
 
 from __future__ import annotations
