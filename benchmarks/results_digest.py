@@ -34,6 +34,10 @@ VARIANTS = [
     ["algorithm.name=choco"],
     ["algorithm.name=topk"],
     ["algorithm.name=subsampling"],
+    ["algorithm.name=el_oracle", "algorithm.s=4"],
+    ["algorithm.name=el_local", "algorithm.s=4"],
+    ["algorithm.name=gossip"],
+    ["algorithm.name=dpsgd", "topology.dynamic=true"],
 ]
 
 

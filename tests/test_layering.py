@@ -86,6 +86,8 @@ def _offenders(source: str, forbidden: tuple[str, ...]) -> list[tuple[str, str]]
         ("peerlearn.compute", ("peerlearn.sim", "peerlearn.deploy", "peerlearn.protocols")),
         ("peerlearn.models", ("peerlearn.config", "peerlearn.sim", "peerlearn.deploy")),
         ("peerlearn.data", ("peerlearn.sim", "peerlearn.deploy", "peerlearn.protocols")),
+        # plugin-style algorithms: the public modules, never an engine
+        ("peerlearn.algorithms", ("peerlearn.sim", "peerlearn.deploy", "peerlearn.experiment")),
     ],
 )
 def test_layer_never_imports(source: str, forbidden: tuple[str, ...]) -> None:

@@ -119,6 +119,7 @@ def register_algorithm(
     payloads: tuple[Any, ...] | list[Any] = ("dense",),
     kinds: tuple[str, ...] | list[str] = ("model",),
     synchronous: bool = False,
+    dynamic_topology: bool = False,
     description: str = "",
 ) -> Any:
     """Register algorithm ``name``; without ``protocol``, a class decorator that registers the
@@ -129,6 +130,8 @@ def register_algorithm(
     "fragment", "partial", "sparse", "seedmask", or classes registered with
     ``register_payload``). ``kinds``: the message kinds it sends ("model", "fragment", ...).
     ``synchronous``: it advances in rounds (``eval.every_iterations`` applies).
+    ``dynamic_topology``: it follows ``ctx.neighbors_at(round)``, so ``[topology] dynamic = true``
+    may give it a new graph every round.
     """
 
     def add(cls: T) -> T:
@@ -139,6 +142,7 @@ def register_algorithm(
             payloads=payloads,
             kinds=kinds,
             synchronous=synchronous,
+            dynamic_topology=dynamic_topology,
             description=description or _first_line(cls),
         )
         return cls

@@ -29,7 +29,9 @@ class AlgorithmEntry(Entry):
     ``payloads``: the payload types (registered names or classes) it may receive; anything else
     is rejected on the wire before decoding. ``kinds``: the message kinds it sends.
     ``synchronous``: it advances in rounds (``protocols.rounds.SyncRounds``), so
-    ``eval.every_iterations`` applies.
+    ``eval.every_iterations`` applies. ``dynamic_topology``: it follows the topology graph round
+    by round (``NodeContext.neighbors_at``), so ``[topology] dynamic = true`` may change the graph
+    every round; algorithms that keep per-neighbour state or draw their own peers leave it False.
     """
 
     config: type
@@ -37,6 +39,7 @@ class AlgorithmEntry(Entry):
     payloads: tuple[Ref, ...]
     kinds: tuple[str, ...] = ("model",)
     synchronous: bool = False
+    dynamic_topology: bool = False
 
     def protocol_class(self) -> type:
         return resolve(self.protocol)
@@ -142,6 +145,8 @@ ALGORITHMS: Registry[AlgorithmEntry] = Registry(
         "peerlearn.config.algorithms_sync",
         "peerlearn.config.algorithms_async",
         "peerlearn.config.algorithms_sparse",
+        "peerlearn.algorithms.epidemic",
+        "peerlearn.algorithms.gossip",
     ),
 )
 MODELS: Registry[ModelEntry] = Registry("model", ("peerlearn.models.catalog",))
@@ -208,6 +213,7 @@ def register_algorithm(
     payloads: tuple[Ref, ...] | list[Ref] = ("dense",),
     kinds: tuple[str, ...] | list[str] = ("model",),
     synchronous: bool = False,
+    dynamic_topology: bool = False,
     description: str = "",
 ) -> AlgorithmEntry:
     """Register an algorithm (see ``AlgorithmEntry``); returns its entry."""
@@ -226,6 +232,7 @@ def register_algorithm(
             payloads=tuple(payloads),
             kinds=tuple(kinds),
             synchronous=synchronous,
+            dynamic_topology=dynamic_topology,
         )
     )
 

@@ -26,6 +26,7 @@ from peerlearn.data.base import Dataset
 from peerlearn.data.partition import Partition, make_partition
 from peerlearn.data.registry import load_dataset
 from peerlearn.models.zoo import ModelSpec, build_model, model_shape
+from peerlearn.network.dynamic import RoundGraph
 from peerlearn.network.presets import NetworkSpec, build_network
 from peerlearn.network.topology import build_topology
 from peerlearn.protocols.base import NodeContext, Protocol
@@ -65,6 +66,11 @@ class Setup:
             degrees={j: degree[j] for j in neighbors},
             run_seed=cfg.seed,
             layout=self.model.layout,
+            neighbors_at=(
+                RoundGraph(cfg.nodes, cfg.topology.degree, cfg.seed, node)
+                if cfg.topology.dynamic
+                else None
+            ),
         )
         return protocol_class(cfg.algorithm.name)(
             ctx,

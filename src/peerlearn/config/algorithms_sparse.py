@@ -79,6 +79,7 @@ register_algorithm(
     protocol="peerlearn.protocols.jwins:JWINS",
     payloads=("partial",),
     synchronous=True,
+    dynamic_topology=True,
     description=(
         "JWINS: wavelet-domain partial sharing ranked by accumulated change, random cut-off, "
         "Elias+fpzip wire format"
@@ -90,6 +91,7 @@ register_algorithm(
     protocol="peerlearn.protocols.sparse:TopK",
     payloads=("partial",),
     synchronous=True,
+    dynamic_topology=True,
     description=(
         "partial sharing (TopK/PartialModel): most-changed parameters, Elias-coded indices, "
         "receivers fill the rest with their own values"
@@ -101,6 +103,7 @@ register_algorithm(
     protocol="peerlearn.protocols.sparse:Subsampling",
     payloads=("seedmask",),
     synchronous=True,
+    dynamic_topology=True,
     description=(
         "random sub-sampling: a fresh seeded Bernoulli mask each round, the seed sent instead "
         "of indices"

@@ -22,5 +22,6 @@ register_algorithm(
     payloads=("dense",),
     kinds=("model",),
     synchronous=True,
+    dynamic_topology=True,
     description="synchronous D-PSGD: full model to every neighbour, Metropolis-Hastings averaging",
 )

@@ -200,11 +200,18 @@ class TopologyConfig(Section):
     degree: PosInt = 4
     rewire_p: Annotated[float, Field(ge=0, le=1)] = 0.1
     path: str | None = None
+    # a fresh random connected `degree`-regular graph every round, from (seed, round)
+    dynamic: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> TopologyConfig:
         if self.kind == "file" and not self.path:
             raise ValueError("topology kind 'file' needs topology.path (an edge-list file)")
+        if self.dynamic and self.kind != "regular":
+            raise ValueError(
+                f"topology.dynamic = true needs kind 'regular' (a new random degree-regular "
+                f"graph every round), got kind {self.kind!r}"
+            )
         return self
 
 
@@ -227,6 +234,11 @@ def synchronous_algorithms() -> list[str]:
     """Algorithms that advance in synchronous rounds (``protocols.rounds.SyncRounds``; a test
     checks the built-ins)."""
     return [e.name for e in ALGORITHMS.entries() if e.synchronous]
+
+
+def dynamic_topology_algorithms() -> list[str]:
+    """Algorithms that follow the topology graph round by round (``[topology] dynamic``)."""
+    return [e.name for e in ALGORITHMS.entries() if e.dynamic_topology]
 
 
 class EvalConfig(Section):
@@ -347,6 +359,15 @@ class ExperimentConfig(Section):
                 f"and engine 'sim' (got {self.algorithm.name!r}, {self.engine!r}); "
                 "use eval.every_s"
             )
+        if self.topology.dynamic and not ALGORITHMS.get(self.algorithm.name).dynamic_topology:
+            raise ValueError(
+                f"topology.dynamic = true works with {dynamic_topology_algorithms()}, not with "
+                f"algorithm {self.algorithm.name!r}: it keeps per-neighbour state (CHOCO-SGD's "
+                "sum of public copies) or does not follow the topology graph"
+            )
+        check = getattr(self.algorithm, "check_experiment", None)
+        if check is not None:  # an algorithm's own checks against the rest of the config
+            check(self)
         self._check_model_fits_data()
         self._check_budget()
         return self

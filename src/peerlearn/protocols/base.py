@@ -15,14 +15,17 @@ pre-training values) but must not write it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from peerlearn.codecs.message import Message, Payload
 from peerlearn.components import ALGORITHMS
+
+if TYPE_CHECKING:  # config classes living beside a protocol stay importable without torch
+    import torch
 
 # ---------------------------------------------------------------------------------------------
 # Actions: what a protocol asks its engine to do.
@@ -119,6 +122,9 @@ class NodeContext:
     run_seed: int = 0
     #: names/shapes/offsets of the flat vector (a ``peerlearn.models.layout.ParamLayout``)
     layout: Any = None
+    #: a dynamic topology (``topology.dynamic``): round -> this node's neighbours in that round's
+    #: graph, the same on every node and in every engine; None: ``neighbors`` in every round
+    neighbors_at: Callable[[int], tuple[int, ...]] | None = None
 
 
 def default_params(name: str, params: Any) -> Any:

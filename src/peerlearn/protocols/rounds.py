@@ -3,7 +3,9 @@
 Each round: train ``local_steps`` SGD steps, send one payload to every neighbour, wait for every
 neighbour's payload of the same round (later rounds are buffered), merge with
 Metropolis-Hastings weights computed from the degree each payload carries, start the next round.
-Subclasses decide only what is sent and how it is merged.
+Subclasses decide only what is sent and how it is merged, and may change who talks to whom in a
+round (``send_to``/``wait_for``: a per-round graph, Epidemic Learning's random pushes) and the
+weights (``mixing_weights``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
-import torch
 
 from peerlearn.codecs.message import Message, Payload
 from peerlearn.protocols.base import Action, Finish, Protocol, Record, Send, Train
@@ -60,16 +61,44 @@ class SyncRounds(Protocol):
     def merge(self, got: dict[int, Any], weights: dict[int, float]) -> None:
         """Combine own state with one payload per neighbour; writes ``ctx.model`` in place."""
 
+    # -- who talks to whom, and with which weights (overridable) ----------------------------------
+    def send_to(self, round_: int) -> tuple[int, ...]:
+        """The peers this node sends its payload of ``round_`` to."""
+        at = self.ctx.neighbors_at
+        return self.ctx.neighbors if at is None else at(round_)
+
+    def wait_for(self, round_: int) -> tuple[int, ...]:
+        """The peers whose payload of ``round_`` this node needs before it merges."""
+        at = self.ctx.neighbors_at
+        return self.ctx.neighbors if at is None else at(round_)
+
+    def max_ahead(self) -> int | None:
+        """How many rounds ahead of this node a genuine payload can be (None: no bound).
+
+        On a fixed graph a neighbour cannot finish a round without our payload, so it is at most
+        one round ahead. On a connected graph that changes every round, the nodes that must have
+        finished round r + k - 1 for a peer to be in round r + k grow by at least one per round
+        going back and never include us, so k <= n - 1 (docs/algorithms_epidemic.md).
+        """
+        return 1 if self.ctx.neighbors_at is None else self.ctx.n_nodes - 1
+
+    def mixing_weights(self, got: dict[int, Any]) -> dict[int, float]:
+        """Weights per sender and for self (key -1), from the degree each payload carries."""
+        return metropolis_hastings(self.degree, {j: p.degree for j, p in got.items()})
+
     # -- the round ------------------------------------------------------------------------------
     @property
     def degree(self) -> int:
-        return len(self.ctx.neighbors)
+        """This round's number of neighbours (the degree sent for Metropolis-Hastings)."""
+        return len(self.wait_for(self.iteration))
 
     def model_array(self) -> np.ndarray:
         """A float32 numpy copy of the node's current model."""
         return self.ctx.model.detach().cpu().numpy().astype(np.float32, copy=True)
 
     def set_model(self, x: np.ndarray) -> None:
+        import torch  # here, not at the top: see protocols/base.py
+
         self.ctx.model.copy_(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
 
     def on_start(self) -> list[Action]:
@@ -79,26 +108,30 @@ class SyncRounds(Protocol):
         self.trained = True
         payload, records = self.make_payload()
         sends: list[Action] = [
-            Send(j, "model", self.iteration, payload) for j in self.ctx.neighbors
+            Send(j, "model", self.iteration, payload) for j in self.send_to(self.iteration)
         ]
         return records + sends + self._try_merge()
 
     def on_message(self, message: Message) -> list[Action]:
-        # a neighbour is at most one round ahead (it cannot finish a round without our payload),
-        # so a later round is forged; buffering it would let a peer grow our memory at will
+        # a genuine payload is at most max_ahead() rounds ahead, so a later round is forged;
+        # buffering it would let a peer grow our memory at will
         ahead = message.iteration - self.iteration
-        if message.src not in self.ctx.neighbors or not 0 <= ahead <= 1:
+        bound = self.max_ahead()
+        if (
+            ahead < 0
+            or (bound is not None and ahead > bound)
+            or message.src not in self.wait_for(message.iteration)
+        ):
             return [Record("ignored_messages", 1.0)]
         self.inbox[message.iteration][message.src] = message.payload
         return self._try_merge()
 
     def _try_merge(self) -> list[Action]:
         got = self.inbox.get(self.iteration, {})
-        if not self.trained or len(got) < len(self.ctx.neighbors):
+        if not self.trained or len(got) < len(self.wait_for(self.iteration)):
             return []
-        del self.inbox[self.iteration]
-        weights = metropolis_hastings(self.degree, {j: p.degree for j, p in got.items()})
-        self.merge(got, weights)
+        self.inbox.pop(self.iteration, None)
+        self.merge(got, self.mixing_weights(got))
         self.iteration += 1
         self.trained = False
         if self.done_iterating():
