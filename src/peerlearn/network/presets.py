@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from peerlearn.sim.flows import FlowNetwork
+from peerlearn.sim.send_buffer import SendBuffer
 
 PRESETS: dict[str, str] = {
     "uniform": "every node at mbps up and down, latency_ms between every pair",
@@ -91,7 +92,9 @@ class NetworkSpec:
     def n(self) -> int:
         return len(self.up_Bps)
 
-    def to_flow_network(self, rate_update_s: float = 0.0) -> FlowNetwork:
+    def to_flow_network(
+        self, rate_update_s: float = 0.0, send_buffer: SendBuffer | None = None
+    ) -> FlowNetwork:
         """A fresh flow model at time 0 (the spec itself is never mutated)."""
         return FlowNetwork(
             self.up_Bps,
@@ -100,6 +103,7 @@ class NetworkSpec:
             self.links,
             self.route,
             rate_update_s=rate_update_s,
+            send_buffer=send_buffer,
         )
 
 
