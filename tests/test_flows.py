@@ -510,6 +510,7 @@ def test_send_buffer_state_round_trip():
             mismatched.load_state_dict(state)
     legacy = {k: v for k, v in net([1, 1], [1, 1]).state_dict().items() if k != "send_buffer"}
     net([1, 1], [1, 1]).load_state_dict(legacy)  # a checkpoint made before the model
+    net([1, 1], [1, 1], send_buffer=SendBuffer(0, 0)).load_state_dict(legacy)
 
 
 def test_send_buffer_rejects_negative_sizes():

@@ -429,7 +429,8 @@ class FlowNetwork:
                 f"network state of {state['n']} nodes and {state['resources']} resources does "
                 f"not fit this network ({self.n} nodes, {len(self._cap_list)} resources)"
             )
-        buffer = state.get("send_buffer")  # absent in checkpoints made before the model
+        # checkpoints made before the model have no entry (their config is checked elsewhere)
+        buffer = state.get("send_buffer", _buffer_state(self.send_buffer))
         if buffer != _buffer_state(self.send_buffer):
             raise ValueError(
                 f"network state with send buffer {buffer} does not fit this network "
