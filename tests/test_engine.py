@@ -9,6 +9,7 @@ import torch
 
 from peerlearn.codecs.dense import DenseVector
 from peerlearn.codecs.message import HEADER_BYTES, Message
+from peerlearn.config import ConfigError, load_config
 from peerlearn.experiment import build_setup
 from peerlearn.protocols import registry
 from peerlearn.protocols.base import (
@@ -22,6 +23,7 @@ from peerlearn.protocols.base import (
 )
 from peerlearn.sim import engine
 from peerlearn.sim.engine import Simulator
+from peerlearn.sim.send_buffer import SendBuffer, send_buffer_of
 from tests.conftest import small
 
 
@@ -141,6 +143,50 @@ def test_drop_pending_can_leave_the_message_in_transmission(monkeypatch) -> None
     (row,) = result.message_log
     assert row[4] > 1e6  # the 1 MB payload and its header
     assert row[6] == pytest.approx(row[4] / 1e6)  # sent at 0, at 1 MB/s, not slowed by the drop
+
+
+@pytest.mark.parametrize(
+    ("beyond_head", "delivered"),
+    [
+        (None, 0),  # no buffer: both recalled, as by default
+        (0, 1),  # the second message starts exactly at the buffer's end: dropped
+        (1, 2),  # it is (just) in the kernel: kept, and delivered after the first
+    ],
+)
+def test_drop_pending_leaves_what_the_send_buffer_holds(monkeypatch, beyond_head, delivered):
+    # at the drop (0.5 s at 1 MB/s) the first message has nbytes - 0.5 MB left: the second one's
+    # first byte lies that far beyond what was transmitted
+    nbytes = Message(0, 1, "x", 0, DenseVector(torch.zeros(250_000)), 0, 0.0).nbytes
+    buffer = 0 if beyond_head is None else nbytes - 500_000 + beyond_head
+    _, result = _send_then_drop(
+        monkeypatch,
+        "network.latency_ms=0",
+        f"network.send_buffer={buffer}",
+        "eval.log_messages=true",
+    )
+    assert result.messages_delivered == delivered and result.messages_dropped == 2 - delivered
+    # sent at 0 at 1 MB/s, one after the other: delivered at 1 s and 2 s (plus headers)
+    for k, row in enumerate(result.message_log):
+        assert row[6] == pytest.approx((k + 1) * row[4] / 1e6)
+
+
+def test_send_buffer_deploy_is_sized_as_the_deployment_sets_its_sockets() -> None:
+    def buffer(*extra: str):
+        cfg = load_config(None, list(extra))
+        return send_buffer_of(cfg.network, cfg.deploy)
+
+    assert buffer() is None
+    assert buffer("network.recall_in_flight=false") == SendBuffer(0, 0)
+    assert buffer("network.send_buffer=deploy", "deploy.sndbuf_bytes=8192") == SendBuffer(16384, 1)
+    assert buffer("network.send_buffer='deploy'") == SendBuffer(4 * 1024 * 1024, 1)
+    assert buffer("network.send_buffer=deploy", "network.send_buffer_frames=0") == SendBuffer(
+        4 * 1024 * 1024, 0
+    )
+    assert buffer("network.send_buffer=20000") == SendBuffer(20000, 0)
+    assert buffer("network.send_buffer_frames=2") == SendBuffer(0, 2)
+    for bad in ("network.send_buffer=-1", "network.send_buffer=kernel"):
+        with pytest.raises(ConfigError, match="send_buffer"):
+            load_config(None, [bad])
 
 
 def test_message_log_times_each_delivery() -> None:

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peerlearn.sim.flows import FlowNetwork, max_min_rates
+from peerlearn.sim.send_buffer import SendBuffer
 
 INF = math.inf
 
@@ -433,3 +434,89 @@ def test_a_connection_with_a_backlog_keeps_its_rate_without_recomputing() -> Non
         finished += net.advance_to(net.next_completion_time())
     assert [t for _, t in finished] == pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0])
     assert net.recomputations == 1
+
+
+# -- send buffers: what a flush can no longer recall (sim/send_buffer.py) ------------------------
+
+
+def _buffered(kernel_bytes: float, frames: int) -> FlowNetwork:
+    """Node 0 (10 B/s up) sends A..E (30, 20, 20, 20, 20 B) to node 1 and F (100 B) to node 2.
+
+    The two connections share the uplink at 5 B/s each; at t = 4 A has 10 B left, so B's first
+    byte lies 10 B beyond what the connection has transmitted, C's 30 B, D's 50 B, E's 70 B.
+    """
+    fn = net([10, INF, INF], [INF, INF, INF], send_buffer=SendBuffer(kernel_bytes, frames))
+    for msg_id, size in zip("ABCDE", (30, 20, 20, 20, 20), strict=True):
+        fn.enqueue(ord(msg_id), 0, 1, size)
+    fn.enqueue(ord("F"), 0, 2, 100)
+    assert fn.advance_to(4.0) == []
+    return fn
+
+
+@pytest.mark.parametrize(
+    ("kernel_bytes", "frames", "kept"),
+    [
+        (0, 0, "AF"),  # only the frames being written (recall_in_flight = false)
+        (10, 0, "AF"),  # B starts exactly at transmitted + 10: not in the kernel
+        (10.5, 0, "ABF"),
+        (30, 0, "ABF"),
+        (30.5, 0, "ABCF"),
+        (25, 1, "ABCF"),  # one whole frame in ZeroMQ's pipe after the kernel's
+        (0, 2, "ABCF"),
+        (25, 5, "ABCDEF"),
+        (1e9, 0, "ABCDEF"),
+    ],
+)
+def test_flush_keeps_exactly_the_messages_within_the_send_buffer(kernel_bytes, frames, kept):
+    fn = _buffered(kernel_bytes, frames)
+    committed = fn.committed(0)
+    assert committed == {ord(c) for c in kept}
+    assert fn.committed(1) == set()  # sends nothing
+    dropped = fn.cancel(m for m in fn.pending(0) if m not in committed)
+    assert dropped == dict.fromkeys((ord(c) for c in "ABCDEF" if c not in kept), 0.0)
+
+
+def test_committed_messages_finish_at_their_max_min_times():
+    # kept A (10 B left), B (20 B), F (80 B left), all at 5 B/s: A ends at 4 + 10/5 = 6, B at
+    # 6 + 20/5 = 10; then F has the whole uplink: 100 - 5*10 = 50 B left at 10 B/s, ends at 15
+    fn = _buffered(25, 0)
+    fn.cancel(m for m in fn.pending(0) if m not in fn.committed(0))
+    done = run_all(fn)
+    assert [m for m, _ in done] == [ord("A"), ord("B"), ord("F")]
+    assert [t for _, t in done] == [pytest.approx(6.0), pytest.approx(10.0), pytest.approx(15.0)]
+    assert fn.sent_by_node[0] == pytest.approx(150.0)  # committed bytes all count as sent
+
+
+def test_no_send_buffer_commits_nothing():
+    fn = net([10, INF, INF], [INF, INF, INF])
+    fn.enqueue(1, 0, 1, 30)
+    fn.advance_to(1.0)
+    assert fn.send_buffer is None and fn.committed(0) == set()
+
+
+def test_send_buffer_state_round_trip():
+    fn = _buffered(25, 1)
+    state = fn.state_dict()
+    assert state["send_buffer"] == [25.0, 1.0]
+    other = net([10, INF, INF], [INF, INF, INF], send_buffer=SendBuffer(25, 1))
+    other.load_state_dict(state)
+    assert other.committed(0) == fn.committed(0)
+    for f in (fn, other):
+        f.cancel(m for m in f.pending(0) if m not in f.committed(0))
+    assert run_all(other) == run_all(fn)
+    for buffer in (None, SendBuffer(25, 0), SendBuffer(24, 1)):
+        mismatched = net([10, INF, INF], [INF, INF, INF], send_buffer=buffer)
+        with pytest.raises(ValueError, match="send buffer"):
+            mismatched.load_state_dict(state)
+    legacy = {k: v for k, v in net([1, 1], [1, 1]).state_dict().items() if k != "send_buffer"}
+    net([1, 1], [1, 1]).load_state_dict(legacy)  # a checkpoint made before the model
+    net([1, 1], [1, 1], send_buffer=SendBuffer(0, 0)).load_state_dict(legacy)
+
+
+def test_send_buffer_rejects_negative_sizes():
+    with pytest.raises(ValueError, match="kernel_bytes"):
+        SendBuffer(-1, 0)
+    with pytest.raises(ValueError, match="frames"):
+        SendBuffer(0, -1)
+    with pytest.raises(ValueError, match="kernel_bytes"):
+        SendBuffer(math.nan, 0)

@@ -43,6 +43,7 @@ def classes(log: MessageLog, slow: np.ndarray) -> dict[str, np.ndarray]:
         "fast→slow": ~s & d,
         "slow→fast": s & ~d,
         "slow→slow": s & d,
+        "to or from slow": s | d,
     }
 
 
@@ -86,7 +87,7 @@ def report(label: str, sim: dict, emus: list[dict]) -> None:
             cells.append("")
         print("| " + " | ".join(cells) + " |")
 
-    for name in ("all", *CLASSES):
+    for name in ("all", *CLASSES, "to or from slow"):
 
         def median_of(r: dict, name: str = name) -> float:
             return med(r["log"].transfer_s[classes(r["log"], r["slow"])[name]])

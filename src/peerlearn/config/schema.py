@@ -183,6 +183,14 @@ class NetworkConfig(Section):
     # socket reset intends); false: a started message finishes, as a frame already in a real
     # TCP connection does (docs/fidelity.md)
     recall_in_flight: bool = True
+    # the sender's buffers below the process that DropPending cannot reach (sim/send_buffer.py):
+    # 0 = none; bytes of kernel send buffer per connection; or "deploy": as `peerlearn deploy`
+    # sets its sockets (2 x deploy.sndbuf_bytes, Linux's 4 MiB autotuning bound when 0). Any
+    # buffer also keeps the message in transmission, as recall_in_flight = false does
+    send_buffer: Literal["deploy"] | Annotated[int, Field(ge=0)] = 0
+    # whole messages held above the kernel buffer (ZeroMQ's pipe); unset: the DEALER's
+    # high-water mark (1) with send_buffer = "deploy", else 0
+    send_buffer_frames: Annotated[int, Field(ge=0)] | None = None
     # Diablo: what two nodes of the same region get (the artifact's file defines no such link)
     intra_region_mbps: PosFloat | None = None
 

@@ -40,6 +40,7 @@ from peerlearn.compute.evaluator import BatchedEvaluator
 from peerlearn.compute.trainer import BatchedTrainer, TrainJob
 from peerlearn.deploy.decoder import DecoderProcess, SandboxedFpzip
 from peerlearn.deploy.errors import DeployError
+from peerlearn.deploy.transport import DEALER_SNDHWM
 from peerlearn.deploy.wire import (
     WireError,
     WireLimits,
@@ -266,7 +267,8 @@ class NodeRuntime:
         needs only its neighbours'); the peer may not be up yet, ZeroMQ connects when it is."""
         sock = self.zctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, identity_of(self.node))
-        sock.setsockopt(zmq.SNDHWM, 1)  # the backlog stays in our queue, where it can be dropped
+        # the backlog stays in our queue, where it can be dropped
+        sock.setsockopt(zmq.SNDHWM, DEALER_SNDHWM)
         sock.setsockopt(zmq.LINGER, 0)
         if self.cfg.deploy.sndbuf_bytes:
             sock.setsockopt(zmq.SNDBUF, self.cfg.deploy.sndbuf_bytes)

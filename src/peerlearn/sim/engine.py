@@ -51,6 +51,7 @@ from peerlearn.results.outcome import ByteCounters, RunResult
 from peerlearn.sim.compute_model import training_time
 from peerlearn.sim.events import EventQueue
 from peerlearn.sim.network import flow_network
+from peerlearn.sim.send_buffer import send_buffer_of
 
 # event kinds in the queue
 _NODE, _DELIVER, _EVAL = 0, 1, 2
@@ -109,7 +110,9 @@ class Simulator:
             spec, ds.test_x, ds.test_y, batch_size=cfg.eval.batch_size, device=torch_device
         )
         self.streams = [setup.stream(i) for i in range(self.n)]
-        self.net = flow_network(setup.network, cfg.network.rate_update_s)
+        self.net = flow_network(
+            setup.network, cfg.network.rate_update_s, send_buffer_of(cfg.network, cfg.deploy)
+        )
         self.queue = EventQueue()
         self.now = 0.0
         self.stop_time = cfg.stop.virtual_time_s if cfg.stop.virtual_time_s else math.inf
@@ -381,12 +384,14 @@ class Simulator:
                 )
                 self.queue.push(done, (_NODE, node, TrainingDone(steps)))
             case DropPending(before_iteration=before):
-                recall = self.cfg.network.recall_in_flight
+                # what the sender's buffers already hold is not recalled (send_buffer.py;
+                # recall_in_flight = false keeps the message in transmission)
+                committed = self.net.committed(node)
                 ids = [
                     m
                     for m in self.net.pending(node)
                     if (before is None or self.messages[m][0].iteration < before)
-                    and (recall or not self.net.transmitting(m))
+                    and m not in committed
                 ]
                 for msg_id, sent in self.net.cancel(ids).items():
                     self.counters.wasted[node] += sent

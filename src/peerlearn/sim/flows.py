@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from peerlearn.sim.send_buffer import SendBuffer
+
 # A resource whose fair level is within this relative distance of the lowest level saturates in
 # the same round: ties in exact arithmetic must not split into two rounds because of rounding.
 SATURATION_RTOL = 1e-9
@@ -84,6 +86,10 @@ def _finish_time(now: float, size: float, rate: float) -> float:
     return now + size / rate if rate > 0 else math.inf
 
 
+def _buffer_state(buffer: SendBuffer | None) -> list[float] | None:
+    return None if buffer is None else [float(buffer.kernel_bytes), float(buffer.frames)]
+
+
 class FlowNetwork:
     """Transmission of messages over per-pair FIFO connections sharing capacities max-min fairly.
 
@@ -104,6 +110,7 @@ class FlowNetwork:
         links: Sequence[float] = (),
         route: Callable[[int, int], Sequence[int]] | None = None,
         rate_update_s: float = 0.0,
+        send_buffer: SendBuffer | None = None,
     ) -> None:
         if not (math.isfinite(rate_update_s) and rate_update_s >= 0):
             raise ValueError(f"rate_update_s must be finite and >= 0, got {rate_update_s}")
@@ -176,6 +183,8 @@ class FlowNetwork:
         # sum of current rates per resource (bounded mode), Python floats for the scalar hot path
         self._used: list[float] = [0.0] * len(self._cap_list)
         self.recomputations = 0
+        # what a flush cannot recall (None: everything pending can be cancelled)
+        self.send_buffer = send_buffer
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -365,6 +374,23 @@ class FlowNetwork:
                 self._finish_slots([slot], [msg_id], completed=False)
         return out
 
+    def committed(self, src: int) -> set[int]:
+        """Pending messages of ``src`` already handed to the transport (``send_buffer``), which a
+        flush must leave to finish; empty without a send buffer."""
+        buffer, conns = self.send_buffer, self._conns.get(src)
+        if buffer is None or not conns:
+            return set()
+        msgs = self._msgs
+        queues = list(conns.values())
+        # every busy connection's head transmits: its bytes left, in one vectorized pass
+        heads = np.array([msgs[queue[0]][_SLOT] for queue in queues], dtype=np.int64)
+        left = self._remaining(heads).tolist()
+        out: set[int] = set()
+        for queue, head_left in zip(queues, left, strict=True):
+            sizes = [msgs[m][_NBYTES] for m in queue]
+            out.update(queue[: buffer.committed(head_left, sizes)])
+        return out
+
     # -- checkpoints -----------------------------------------------------------------------------
 
     _SLOT_ARRAYS = ("_slot_msg", "_src", "_dst", "_size", "_rem", "_ref", "_rate", "_finish")
@@ -394,6 +420,7 @@ class FlowNetwork:
             "last_update": self._last_update,
             "used": np.array(self._used, dtype=np.float64),
             "recomputations": self.recomputations,
+            "send_buffer": _buffer_state(self.send_buffer),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -401,6 +428,13 @@ class FlowNetwork:
             raise ValueError(
                 f"network state of {state['n']} nodes and {state['resources']} resources does "
                 f"not fit this network ({self.n} nodes, {len(self._cap_list)} resources)"
+            )
+        # checkpoints made before the model have no entry (their config is checked elsewhere)
+        buffer = state.get("send_buffer", _buffer_state(self.send_buffer))
+        if buffer != _buffer_state(self.send_buffer):
+            raise ValueError(
+                f"network state with send buffer {buffer} does not fit this network "
+                f"({_buffer_state(self.send_buffer)})"
             )
         slots = len(state["_slot_msg"])
         if any(len(state[k]) != slots for k in (*self._SLOT_ARRAYS, "start_seq", "slot_res")):
