@@ -19,7 +19,8 @@ from peerlearn.data import synthetic
 from peerlearn.data.base import Dataset
 from peerlearn.experiment import build_setup
 from peerlearn.models import FastPaths, build_model, model_from_module
-from peerlearn.models.zoo import model_shape
+from peerlearn.models.generic import probe_batched
+from peerlearn.models.zoo import PINNED_BY_TESTS, model_shape
 from peerlearn.sim.engine import Simulator
 
 CIFAR = (3, 32, 32)
@@ -363,3 +364,12 @@ def test_builtin_models_declare_their_hooks_through_the_protocols():
     assert mf.hooks.names() == ("stacked", "sgd_step_rows")
     lenet = build_model("gn_lenet", input_shape=(3, 16, 16), num_classes=10, info={}, seed=0)
     assert lenet.hooks.names() == ("stacked", "stacked_shared")
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_BY_TESTS))
+def test_builtin_models_pass_the_full_probe_they_skip_at_build(name):
+    shape = {"gn_lenet": (3, 16, 16), "mlp": (64,), "matrix_factorization": (2,)}[name]
+    classes = None if name == "matrix_factorization" else 10
+    info = {"n_users": 5, "n_items": 7}
+    spec = build_model(name, input_shape=shape, num_classes=classes, info=info, seed=0)
+    probe_batched(spec, shape, classes)  # vmap path, and every hook against it

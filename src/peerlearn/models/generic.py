@@ -149,19 +149,24 @@ def probe_batched(
     input_shape: tuple[int, ...],
     num_classes: int | None,
     sample: torch.Tensor | None = None,
+    batched: bool = True,
 ) -> None:
     """Run ``spec`` batched on a tiny problem as the trainer and evaluator will; ValueError
     (one line) if the generic path cannot, or if a fast-path hook gives other numbers.
 
     ``sample``: a few real input samples; without it, random floats of ``input_shape`` (or
     zero indices, for models whose input is integer, e.g. embeddings) are tried. Sets
-    ``spec.channels_last`` from what the forward accepts.
+    ``spec.channels_last`` from what the forward accepts. ``batched=False`` stops after the
+    plain forward (the cheap part: the first ``vmap`` in a process costs seconds on a loaded
+    machine, which every deploy node process would pay).
     """
     label = _label(spec.name, spec.module)
     vec = spec.init_vector()
     x, out = _plain_forward(spec, vec, input_shape, sample)
     _check_output(spec, out, num_classes)
     spec.channels_last = _accepts_channels_last(spec, vec, x, out)
+    if not batched:
+        return
     y = _targets(spec, out)
     g = torch.Generator().manual_seed(1)
     params = vec + 0.01 * torch.randn(PROBE_MODELS, vec.numel(), generator=g)
@@ -221,12 +226,17 @@ def model_from_module(
     input_shape: tuple[int, ...],
     num_classes: int | None,
     sample: torch.Tensor | None = None,
+    probe: bool = True,
 ) -> ModelSpec:
-    """``module`` as a checked ``ModelSpec`` (float32, trainable, layout, probed batched)."""
+    """``module`` as a checked ``ModelSpec`` (float32, trainable, layout, probed batched).
+
+    ``probe=False`` skips the batched part of the probe (``probe_batched``), for modules whose
+    batched paths and hooks the test suite already pins.
+    """
     check_structure(name, module)
     module = module.to(torch.float32).requires_grad_(True)
     spec = ModelSpec(name=name, task=task, module=module, layout=ParamLayout.of(module))
     # a forward that draws random numbers must not shift the run's global RNG stream
     with torch.random.fork_rng(devices=[]):
-        probe_batched(spec, tuple(input_shape), num_classes, sample)
+        probe_batched(spec, tuple(input_shape), num_classes, sample, batched=probe)
     return spec
