@@ -18,6 +18,7 @@ from peerlearn.config.algorithms_sparse import (
     SubsamplingConfig,
     TopKConfig,
 )
+from peerlearn.config.dynamics import ChurnConfig, DynamicsConfig, check_dynamics
 from peerlearn.config.sections import Section
 
 DatasetName = Literal["digits", "synthetic", "cifar10", "fashion_mnist", "movielens"]
@@ -258,6 +259,9 @@ class ExperimentConfig(Section):
     stop: StopConfig = Field(default_factory=StopConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    # a network that changes over time (docs/dynamics.md); both off by default
+    dynamics: DynamicsConfig = Field(default_factory=DynamicsConfig)
+    churn: ChurnConfig = Field(default_factory=ChurnConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
@@ -291,6 +295,7 @@ class ExperimentConfig(Section):
         if self.model.name == "gn_lenet" and self.data.dataset not in ("cifar10", "fashion_mnist"):
             raise ValueError("model 'gn_lenet' needs an image dataset (cifar10, fashion_mnist)")
         self._check_budget()
+        check_dynamics(self, SYNCHRONOUS)
         return self
 
     def _check_budget(self) -> None:
