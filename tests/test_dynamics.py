@@ -13,7 +13,7 @@ import pytest
 
 from peerlearn.cli import main
 from peerlearn.config import load_config
-from peerlearn.config.load import ConfigError
+from peerlearn.config.load import ConfigError, validate
 from peerlearn.experiment import build_setup
 from peerlearn.network.churn import exponential_churn
 from peerlearn.network.presets import mbps_to_Bps
@@ -211,6 +211,12 @@ def test_synchronous_rounds_time_out_and_catch_up_under_churn() -> None:
 def test_churn_with_a_synchronous_algorithm_needs_a_round_timeout() -> None:
     with pytest.raises(ConfigError, match="round_timeout_s"):
         load_config(None, [*BASE, "algorithm.name=dpsgd", "churn.kind=exponential"])
+
+
+def test_dynamics_need_a_time_limit() -> None:
+    raw = {"stop": {"virtual_time_s": None, "iterations": 5}, "churn": {"kind": "exponential"}}
+    with pytest.raises(ConfigError, match=r"need stop\.virtual_time_s"):
+        validate(raw)
 
 
 def test_capacity_traces_are_refused_in_deployment() -> None:

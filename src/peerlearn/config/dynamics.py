@@ -99,6 +99,9 @@ def check_dynamics(cfg, synchronous: tuple[str, ...]) -> None:
             )
     if cfg.dynamics.kind == "rotating_stragglers" and cfg.dynamics.stragglers > n:
         raise ValueError(f"dynamics.stragglers = {cfg.dynamics.stragglers} > nodes ({n})")
+    if (cfg.dynamics.enabled or cfg.churn.enabled) and cfg.stop.virtual_time_s is None:
+        # generated changes never end: a node offline for good would keep the run going
+        raise ValueError("[dynamics] and [churn] need stop.virtual_time_s (a time limit)")
     if cfg.dynamics.enabled and cfg.engine == "deploy":
         raise ValueError(
             "[dynamics] capacity traces are simulator-only (engine 'sim'); deployment honours "
