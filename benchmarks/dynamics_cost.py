@@ -61,8 +61,7 @@ VARIANTS = {
     "off": [],
     "traces": [
         "dynamics.kind=rotating_stragglers",
-        "dynamics.period_s=0.5",
-        "dynamics.stragglers=32",
+        "dynamics.period_s=0.5",  # nodes // 8 of them slowed at a time (32 of 256)
     ],
     "churn": [
         "churn.kind=exponential",
@@ -77,7 +76,7 @@ def one(nodes: int, virtual_s: float, extra: list[str]) -> dict:
     cfg = load_config(
         None,
         [*BASE, f"nodes={nodes}", f"network.stragglers={nodes // 8}",
-         f"stop.virtual_time_s={virtual_s}", *extra],
+         f"dynamics.stragglers={nodes // 8}", f"stop.virtual_time_s={virtual_s}", *extra],
     )  # fmt: skip
     sim = Simulator(build_setup(cfg))
     _spent[0] = 0.0
