@@ -29,6 +29,7 @@ CASES = {
     "generic_model.py": ["--nodes", "2", "--steps", "1", "--repeats", "1", "--test", "16"],
     "results_digest.py": ["--virtual-s", "0.5"],
     "async_small.py": ["--virtual-s", "0.5"],
+    "dynamics_cost.py": ["--nodes", "16", "--virtual-s", "0.5", "--repeats", "1"],
     "eval_memory.py": ["--models", "2", "--test", "64", "--batch", "32", "--rounds", "1"],
     "threads_under_load.py": ["--virtual-s", "0.5", "--rounds", "1"],
     "network_model.py": [

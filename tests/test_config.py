@@ -108,3 +108,32 @@ def test_set_algorithm_name_drops_the_old_algorithms_keys_with_a_notice(capsys) 
     # a key given for the new algorithm on the command line is still checked
     with pytest.raises(ConfigError, match=r"algorithm\.fragments"):
         load_config(cfg_path, ["algorithm.name=adpsgd", "algorithm.fragments=3"])
+
+
+def test_keys_added_later_are_left_out_of_the_dump_at_their_default() -> None:
+    """A run that does not use churn, traces, send buffers or dynamic graphs resolves to the
+    same text as before those keys existed (sweeps and checkpoints match runs by that text)."""
+    import tomllib
+
+    from peerlearn.config.load import OMITTED_AT_DEFAULT, dump_config, validate
+
+    text = dump_config(load_config(None, []))
+    data = tomllib.loads(text)
+    for key in OMITTED_AT_DEFAULT:
+        *parents, leaf = key.split(".")
+        for part in parents:
+            data = data.get(part, {})
+        assert leaf not in data, key
+        data = tomllib.loads(text)
+    used = load_config(
+        None,
+        [
+            "network.send_buffer=8192",
+            "churn.kind=exponential",
+            "churn.round_timeout_s=2",
+            "stop.virtual_time_s=10",
+        ],
+    )
+    dumped = dump_config(used)
+    assert "send_buffer = 8192" in dumped and "[churn]" in dumped
+    assert validate(tomllib.loads(dumped)) == used

@@ -28,9 +28,11 @@ from peerlearn.data.registry import load_dataset
 from peerlearn.models.zoo import ModelSpec, build_model, model_shape
 from peerlearn.network.dynamic import RoundGraph
 from peerlearn.network.presets import NetworkSpec, build_network
+from peerlearn.network.schedule import availability_changes, capacity_changes
 from peerlearn.network.topology import build_topology
 from peerlearn.protocols.base import NodeContext, Protocol
 from peerlearn.protocols.registry import protocol_class
+from peerlearn.protocols.rounds import SyncRounds
 
 
 @dataclass
@@ -72,12 +74,15 @@ class Setup:
                 else None
             ),
         )
-        return protocol_class(cfg.algorithm.name)(
+        proto = protocol_class(cfg.algorithm.name)(
             ctx,
             cfg.algorithm,
             local_steps=cfg.train.local_steps,
             max_iterations=cfg.stop.iterations,
         )
+        if cfg.churn.round_timeout_s is not None and isinstance(proto, SyncRounds):
+            proto.round_timeout_s = cfg.churn.round_timeout_s  # docs/dynamics.md
+        return proto
 
     def stream(self, node: int) -> MinibatchStream:
         """Node ``node``'s minibatches, seeded by run and node (the same in every engine)."""
@@ -227,7 +232,7 @@ def build_setup(cfg: ExperimentConfig) -> Setup:
     eval_subset = None
     if cfg.eval.test_samples is not None and cfg.eval.test_samples < n_test:
         eval_subset = np.sort(rng.choice(n_test, size=cfg.eval.test_samples, replace=False))
-    return Setup(
+    setup = Setup(
         cfg=cfg,
         dataset=dataset,
         partition=partition,
@@ -238,3 +243,9 @@ def build_setup(cfg: ExperimentConfig) -> Setup:
         eval_nodes=eval_nodes,
         eval_subset=eval_subset,
     )
+    if cfg.dynamics.enabled or cfg.churn.enabled:  # read the trace files now: errors up front
+        with _section("dynamics"):
+            capacity_changes(setup)
+        with _section("churn"):
+            availability_changes(setup)
+    return setup

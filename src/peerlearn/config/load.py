@@ -165,9 +165,31 @@ def _load_plugins_of(raw: dict[str, Any], overrides: list[str]) -> None:
             raise ConfigError(f"config: {exc}") from None
 
 
+#: keys added after configs were first written, left out of a dump while they hold their
+#: default: the resolved config of a run that does not use them stays the same text, so a sweep's
+#: finished runs (matched by the hash of that text) and checkpoints (its digest) made before the
+#: keys existed are still recognised. Loading fills the defaults back in.
+OMITTED_AT_DEFAULT = (
+    "network.send_buffer",
+    "topology.dynamic",
+    "dynamics",
+    "churn",
+)
+
+
 def dump_config(cfg: ExperimentConfig) -> str:
-    """The resolved config as TOML (unset optional values are left out: TOML has no null)."""
-    return tomli_w.dumps(_drop_none(cfg.model_dump(mode="json")))
+    """The resolved config as TOML (unset optional values are left out: TOML has no null, and
+    so are the ``OMITTED_AT_DEFAULT`` keys while they hold their default)."""
+    data = _drop_none(cfg.model_dump(mode="json"))
+    defaults = _drop_none(type(cfg)().model_dump(mode="json"))
+    for key in OMITTED_AT_DEFAULT:
+        *parents, leaf = key.split(".")
+        here, there = data, defaults
+        for part in parents:
+            here, there = here.get(part, {}), there.get(part, {})
+        if leaf in here and here[leaf] == there.get(leaf):
+            del here[leaf]
+    return tomli_w.dumps(data)
 
 
 def _drop_none(obj: Any) -> Any:

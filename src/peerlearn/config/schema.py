@@ -31,6 +31,7 @@ from peerlearn.components import (
     TOPOLOGIES,
 )
 from peerlearn.config.algorithms_sync import DPSGDConfig
+from peerlearn.config.dynamics import ChurnConfig, DynamicsConfig, check_dynamics
 from peerlearn.config.sections import Section
 from peerlearn.plugins import load_entry_points, load_modules
 from peerlearn.registry import Registry
@@ -330,6 +331,9 @@ class ExperimentConfig(Section):
     stop: StopConfig = Field(default_factory=StopConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    # a network that changes over time (docs/dynamics.md); both off by default
+    dynamics: DynamicsConfig = Field(default_factory=DynamicsConfig)
+    churn: ChurnConfig = Field(default_factory=ChurnConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -378,6 +382,7 @@ class ExperimentConfig(Section):
             check(self)
         self._check_model_fits_data()
         self._check_budget()
+        check_dynamics(self, tuple(synchronous_algorithms()))
         return self
 
     def _check_model_fits_data(self) -> None:

@@ -311,6 +311,15 @@ def merge_run(
         train_batches=sum(s["train_jobs"] for s in stats.values()),
         train_jobs=sum(s["train_jobs"] for s in stats.values()),
         finished_all=len(stats) == n and all(s["finished"] for s in stats.values()),
+        churn=(
+            {
+                "messages_lost": sum(s.get("messages_lost_churn", 0) for s in stats.values()),
+                "bytes_lost": float(sum(s.get("bytes_lost_churn", 0) for s in stats.values())),
+                "transitions": sum(s.get("churn_transitions", 0) for s in stats.values()),
+            }
+            if cfg.churn.enabled
+            else None
+        ),
     )
     summary = build_summary(cfg=cfg, recorder=rec, result=result)
     summary["engine"] = "deploy"

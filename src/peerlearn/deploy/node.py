@@ -49,6 +49,7 @@ from peerlearn.deploy.wire import (
     encode_message,
 )
 from peerlearn.experiment import Setup
+from peerlearn.network.schedule import node_offline_spans
 from peerlearn.protocols.base import (
     DropPending,
     Event,
@@ -137,6 +138,12 @@ class NodeStats:
     bytes_received: int = 0
     received_from: dict[int, int] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)
+    # [churn] (docs/dynamics.md): messages this node lost to churn (its own sends dropped while it
+    # or the peer was offline, frames that arrived while it was offline) and the bytes of those
+    # that had crossed a link; how often it left or rejoined
+    messages_lost_churn: int = 0
+    bytes_lost_churn: int = 0
+    churn_transitions: int = 0
 
 
 class NodeRuntime:
@@ -227,6 +234,10 @@ class NodeRuntime:
         self.recv_log: list[tuple[int, int, int, int, float]] = []
         self.sent_seq: Counter[int] = Counter()
         self.recv_seq: Counter[int] = Counter()
+        # [churn]: every node's offline spans, from the same seed and trace as the simulator's
+        self.offline_spans = node_offline_spans(setup)
+        self.offline = False
+        self.frozen: list[Event] = []  # events of an offline node, fed when it rejoins
 
     # -- clocks ----------------------------------------------------------------------------------
 
@@ -318,6 +329,9 @@ class NodeRuntime:
             self._schedule_eval(loop)
         self.last_progress = self.now()
         log.info("node %d: started %.3f s after the common start", self.node, self.now())
+        if self.offline_spans is not None:
+            self.offline = self.peer_offline(self.node, self.now())
+            self._spawn(self._churn())
         self._feed(Started())
         await self.stop_event.wait()
         log.info("node %d: stopping (%s) at %.3f s", self.node, self.stop_reason, self.now())
@@ -364,13 +378,16 @@ class NodeRuntime:
                 drained = not any(self.queues.values())
                 if drained or t - self.finished_at >= linger:
                     self.stop("finished")
-            elif not self.training and t - self.last_progress > stall:
+            elif not self.training and not self.offline and t - self.last_progress > stall:
                 self.stop("stalled")
 
     # -- protocol events and actions ------------------------------------------------------------
 
     def _feed(self, event: Event) -> None:
         if self.proto.finished or self.stop_event.is_set():
+            return
+        if self.offline:  # frozen: its own events wait for the rejoin
+            self.frozen.append(event)
             return
         for action in self.proto.handle(event):
             self._act(action)
@@ -385,6 +402,9 @@ class NodeRuntime:
             case Send(dest=dest, kind=kind, iteration=iteration, payload=payload):
                 if dest == self.node or not 0 <= dest < self.n:
                     raise ValueError(f"node {self.node} sends to invalid destination {dest}")
+                if self.offline_spans is not None and self.peer_offline(dest, self.now()):
+                    self.stats.messages_lost_churn += 1  # a refused connection: nothing sent
+                    return
                 if dest not in self.queues:
                     self._connect(dest)
                 msg = Message(self.node, dest, kind, iteration, payload)
@@ -478,6 +498,10 @@ class NodeRuntime:
             await sock.poll(None, zmq.POLLOUT)
             if not q:  # dropped while waiting
                 continue
+            if self.offline_spans is not None and self.peer_offline(peer, self.now()):
+                q.popleft()  # the peer left after this was queued: lost, as in the simulator
+                self.stats.messages_lost_churn += 1
+                continue
             item = q.popleft()
             await sock.send(item.frame, copy=False)
             s = self.stats
@@ -505,6 +529,10 @@ class NodeRuntime:
     def handle_frames(self, frames: list) -> None:
         """Check one incoming message; anything wrong is counted by reason and dropped."""
         size = sum(len(f.bytes) for f in frames[1:])
+        if self.offline:  # an offline node receives nothing
+            self.stats.messages_lost_churn += 1
+            self.stats.bytes_lost_churn += size
+            return
         try:
             if len(frames) != 2:
                 raise WireError("malformed", f"{len(frames)} frames")
@@ -535,6 +563,36 @@ class NodeRuntime:
             self._feed(MessageArrived(msg))
         except Exception:  # the protocol refused it (e.g. a fragment of the wrong length)
             self.rejected["protocol"] += 1
+
+    # -- churn ---------------------------------------------------------------------------------
+
+    def peer_offline(self, node: int, t: float) -> bool:
+        """Whether ``node`` is offline at ``t`` (seconds since the common start)."""
+        assert self.offline_spans is not None
+        return any(a <= t < b for a, b in self.offline_spans[node])
+
+    async def _churn(self) -> None:
+        """Leave and rejoin on this node's spans: a leave drops its queued sends; a rejoin feeds
+        the events that came while it was away (its training goes on from its own model)."""
+        assert self.offline_spans is not None
+        for leave, rejoin in self.offline_spans[self.node]:
+            await asyncio.sleep(max(0.0, leave - self.now()))
+            self.stats.churn_transitions += 1  # also a leave at the start, as in the simulator
+            self.record("offline", 1.0)
+            self.offline = True
+            for q in self.queues.values():
+                self.stats.messages_lost_churn += len(q)
+                q.clear()
+            if rejoin == float("inf"):
+                return
+            await asyncio.sleep(max(0.0, rejoin - self.now()))
+            self.offline = False
+            self.stats.churn_transitions += 1
+            self.record("offline", 0.0)
+            self.last_progress = self.now()
+            frozen, self.frozen = self.frozen, []
+            for event in frozen:
+                self._feed(event)
 
     # -- evaluation and results ------------------------------------------------------------------
 

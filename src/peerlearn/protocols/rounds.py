@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from peerlearn.codecs.message import Message, Payload
-from peerlearn.protocols.base import Action, Finish, Protocol, Record, Send, Train
+from peerlearn.protocols.base import Action, Finish, Protocol, Record, Send, SetTimer, Train
 
 
 def metropolis_hastings(own_degree: int, neighbor_degrees: dict[int, int]) -> dict[int, float]:
@@ -39,14 +39,21 @@ class SyncRounds(Protocol):
         super().__init__(ctx, params, local_steps=local_steps, max_iterations=max_iterations)
         self.trained = False
         self.inbox: dict[int, dict[int, Any]] = defaultdict(dict)
+        #: churn.round_timeout_s (set by the engine's Setup): None waits for every neighbour
+        self.round_timeout_s: float | None = None
+        self.catch_up = 0  # with a timeout: the latest round a neighbour is known to be in
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "trained": self.trained, "inbox": dict(self.inbox)}
+        state = {**super().state_dict(), "trained": self.trained, "inbox": dict(self.inbox)}
+        if self.round_timeout_s is not None:
+            state["catch_up"] = self.catch_up
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.trained = bool(state["trained"])
         self.inbox = defaultdict(dict, state["inbox"])
+        self.catch_up = int(state.get("catch_up", 0))
 
     # -- what subclasses provide ----------------------------------------------------------------
     def start_records(self) -> list[Action]:
@@ -110,30 +117,61 @@ class SyncRounds(Protocol):
         sends: list[Action] = [
             Send(j, "model", self.iteration, payload) for j in self.send_to(self.iteration)
         ]
-        return records + sends + self._try_merge()
+        timer: list[Action] = []
+        if self.round_timeout_s is not None:
+            timer = [SetTimer(self.round_timeout_s, f"round {self.iteration}")]
+        return records + sends + timer + self._try_merge()
 
     def on_message(self, message: Message) -> list[Action]:
         # a genuine payload is at most max_ahead() rounds ahead, so a later round is forged;
         # buffering it would let a peer grow our memory at will
         ahead = message.iteration - self.iteration
         bound = self.max_ahead()
-        if (
-            ahead < 0
-            or (bound is not None and ahead > bound)
-            or message.src not in self.wait_for(message.iteration)
-        ):
+        expected = message.src in self.wait_for(message.iteration)
+        if ahead < 0 or (bound is not None and ahead > bound) or not expected:
+            if self.round_timeout_s is not None and expected and ahead > 0:
+                return self._ahead(message)  # with churn, a peer may be far ahead
             return [Record("ignored_messages", 1.0)]
         self.inbox[message.iteration][message.src] = message.payload
         return self._try_merge()
 
-    def _try_merge(self) -> list[Action]:
+    def on_timer(self, tag: str) -> list[Action]:
+        """The round's timeout: merge with the payloads that came (weights of the missing
+        neighbours stay with the node itself)."""
+        if tag != f"round {self.iteration}" or not self.trained:
+            return []  # that round is over
+        return [Record("round_timeouts", 1.0), *self._try_merge(force=True)]
+
+    def _ahead(self, message: Message) -> list[Action]:
+        """With timeouts, neighbours can get many rounds ahead (a node back from churn): keep
+        each one's newest payload (one per neighbour, so memory stays bounded) and skip to
+        that round at the end of this one."""
+        for rnd in [r for r in self.inbox if r > self.iteration + 1]:
+            self.inbox[rnd].pop(message.src, None)
+            if not self.inbox[rnd]:
+                del self.inbox[rnd]
+        self.inbox[message.iteration][message.src] = message.payload
+        self.catch_up = max(self.catch_up, message.iteration)
+        return []
+
+    def _try_merge(self, force: bool = False) -> list[Action]:
         got = self.inbox.get(self.iteration, {})
-        if not self.trained or len(got) < len(self.wait_for(self.iteration)):
+        if not self.trained or (len(got) < len(self.wait_for(self.iteration)) and not force):
             return []
         self.inbox.pop(self.iteration, None)
         self.merge(got, self.mixing_weights(got))
         self.iteration += 1
         self.trained = False
+        skip: list[Action] = []
+        if self.catch_up > self.iteration:  # behind its neighbours: join their round
+            skip = [Record("rounds_skipped", float(self.catch_up - self.iteration))]
+            for rnd in [r for r in self.inbox if r < self.catch_up]:
+                del self.inbox[rnd]
+            self.iteration = self.catch_up
+            if self.max_iterations is not None:
+                self.iteration = min(self.iteration, self.max_iterations)
+        if skip:
+            return [*skip, Finish()] if self.done_iterating() else [*skip, Train(self.local_steps)]
         if self.done_iterating():
             return [Finish()]
         return [Train(self.local_steps)]

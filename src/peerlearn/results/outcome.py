@@ -49,3 +49,6 @@ class RunResult:
     threads: int | None = None
     #: model rows the evaluator ran forward (identical models are evaluated once)
     eval_models: int | None = None
+    #: capacity traces and churn (docs/dynamics.md): messages and bytes lost to churn; None when
+    #: the run had no dynamics
+    churn: dict | None = None

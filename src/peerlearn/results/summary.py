@@ -104,6 +104,7 @@ def build_summary(
             "per_node": iters.tolist(),
         },
         "messages": {"delivered": result.messages_delivered, "dropped": result.messages_dropped},
+        **({"churn": result.churn} if result.churn is not None else {}),
         "finished_all_nodes": result.finished_all,
         "profile": {
             "train_wall_s": result.train_wall_s,

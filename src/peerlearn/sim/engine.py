@@ -49,12 +49,13 @@ from peerlearn.protocols.base import (
 from peerlearn.results.metrics import ALL_NODES, MetricsRecorder
 from peerlearn.results.outcome import ByteCounters, RunResult
 from peerlearn.sim.compute_model import training_time
+from peerlearn.sim.dynamics import SimDynamics, build_schedule
 from peerlearn.sim.events import EventQueue
 from peerlearn.sim.network import flow_network
 from peerlearn.sim.send_buffer import send_buffer_of
 
-# event kinds in the queue
-_NODE, _DELIVER, _EVAL = 0, 1, 2
+# event kinds in the queue (_DYN: the next capacity or availability change, sim/dynamics.py)
+_NODE, _DELIVER, _EVAL, _DYN = 0, 1, 2, 3
 #: allocations between first-generation collections during the loop (CPython's default is 700)
 _GC_GEN0_THRESHOLD = 50_000
 
@@ -145,6 +146,13 @@ class Simulator:
         self.round_every: int | None = cfg.eval.every_iterations
         self.round_target = self.round_every or 0
         self.round_reached: set[int] = set()
+        # capacity traces and churn (docs/dynamics.md); None when both are off
+        schedule = build_schedule(setup)
+        self.dynamics = SimDynamics(setup, schedule) if schedule is not None else None
+        self.compute_factors = setup.compute_factors
+        if self.dynamics is not None:
+            self.dynamics.apply_initial(self)
+            self.compute_factors = self.dynamics.factors  # changed in place by the trace
 
     # -----------------------------------------------------------------------------------------
     def run(self, checkpoint: CheckpointHook | None = None) -> RunResult:
@@ -156,8 +164,14 @@ class Simulator:
         self._checkpoint = checkpoint
         if not self.started:
             self.queue.push(0.0, (_EVAL, None))
+            dyn = self.dynamics
             for i in range(self.n):
-                self.queue.push(0.0, (_NODE, i, Started()))
+                if dyn is not None and dyn.offline[i]:
+                    dyn.freeze(i, (_NODE, i, Started()))  # starts when it first comes online
+                else:
+                    self.queue.push(0.0, (_NODE, i, Started()))
+            if dyn is not None and math.isfinite(dyn.next_time()):
+                self.queue.push(dyn.next_time(), (_DYN,))
             self.started = True
         # The loop allocates millions of short-lived objects, each freed by reference counting,
         # which keeps triggering the cyclic collector; freezing what exists now (datasets, models,
@@ -191,6 +205,7 @@ class Simulator:
             train_jobs=self.train_jobs,
             finished_all=self.finished == self.n,
             message_log=self.message_log,
+            churn=self._churn_summary(),
             threads=self.threads,
             eval_models=self.evaluator.models_evaluated,
         )
@@ -297,6 +312,12 @@ class Simulator:
             if isinstance(event, TrainingDone):
                 self._finish_training(node)
             self._feed(node, event)
+        elif kind == _DYN:
+            dyn = self.dynamics
+            assert dyn is not None
+            dyn.apply_due(self)
+            if math.isfinite(dyn.next_time()):
+                self.queue.push(dyn.next_time(), (_DYN,))
         elif kind == _EVAL:
             self._evaluate()
             nxt = self.now + self.cfg.eval.every_s
@@ -337,6 +358,10 @@ class Simulator:
 
     def _send_many(self, node: int, sends: list[Send]) -> None:
         """Queue a node's consecutive sends: each a message on its connection, as one batch."""
+        if self.dynamics is not None and self.dynamics.any_offline:
+            sends = [a for a in sends if not self.dynamics.send_lost(a.dest)]
+            if not sends:
+                return
         dests = [action.dest for action in sends]
         if node in dests or min(dests) < 0 or max(dests) >= self.n:
             bad = next(d for d in dests if d == node or not 0 <= d < self.n)
@@ -380,7 +405,7 @@ class Simulator:
                 )
                 self.jobs[node] = _Job(job)
                 done = self.now + training_time(
-                    self.cfg.compute.step_time_s, self.setup.compute_factors[node], steps
+                    self.cfg.compute.step_time_s, self.compute_factors[node], steps
                 )
                 self.queue.push(done, (_NODE, node, TrainingDone(steps)))
             case DropPending(before_iteration=before):
@@ -462,6 +487,18 @@ class Simulator:
         if self.progress is not None:
             self.progress(t, self.last_mean_acc)
 
+    def _churn_summary(self) -> dict | None:
+        """What churn lost, for summary.json (None when dynamics are off)."""
+        dyn = self.dynamics
+        if dyn is None:
+            return None
+        return {
+            "messages_lost": dyn.messages_lost,
+            "bytes_lost": float(dyn.bytes_lost.sum()),
+            "transitions": dyn.transitions,
+            "offline_at_end": int(sum(dyn.offline)),
+        }
+
     # -- checkpoints ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -521,6 +558,11 @@ class Simulator:
             "recorder": self.recorder.state_dict(),
             "wall_time_s": self.wall_before + wallclock.perf_counter() - self._wall_start,
             "checkpoint_at": self.checkpoint_at,
+            **(
+                {"dynamics": self.dynamics.state_dict(_encode_item)}
+                if self.dynamics is not None
+                else {}
+            ),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "torch_cuda": (
@@ -588,6 +630,10 @@ class Simulator:
         self.recorder.load_state_dict(state["recorder"])
         self.wall_before = float(state["wall_time_s"])
         self.checkpoint_at = state["checkpoint_at"]
+        if (self.dynamics is None) != ("dynamics" not in state):
+            raise ValueError("the saved state and this run differ in [dynamics]/[churn]")
+        if self.dynamics is not None:
+            self.dynamics.load_state_dict(state["dynamics"], self, _decode_item)
         rng = state["rng"]
         torch.set_rng_state(rng["torch"].to(torch.uint8))
         if rng["torch_cuda"]:
@@ -601,7 +647,7 @@ def _encode_item(item: tuple) -> list:
     kind = item[0]
     if kind == _DELIVER:
         return [kind, item[1]]
-    if kind == _EVAL:
+    if kind in (_EVAL, _DYN):
         return [kind]
     _, node, event = item
     if type(event) is TrainingDone:
@@ -619,6 +665,8 @@ def _decode_item(value: list) -> tuple:
         return (_DELIVER, [int(i) for i in value[1]])
     if kind == _EVAL:
         return (_EVAL, None)
+    if kind == _DYN:
+        return (_DYN,)
     if kind != _NODE:
         raise ValueError(f"unknown queued event kind {kind!r}")
     node, name = int(value[1]), value[2]

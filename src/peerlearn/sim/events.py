@@ -49,6 +49,18 @@ class EventQueue:
         heapq.heapify(self._heap)  # a no-op on a saved heap; keys are unique, so order is fixed
         self._seq = itertools.count(int(state["next_seq"]))
 
+    def extract(self, pred: Callable[[Any], bool]) -> list[tuple[float, int, Any]]:
+        """Take out every entry whose item satisfies ``pred``; returned in (time, seq) order."""
+        taken = sorted(e for e in self._heap if pred(e[2]))
+        if taken:
+            self._heap = [e for e in self._heap if not pred(e[2])]
+            heapq.heapify(self._heap)
+        return taken
+
+    def items_where(self, pred: Callable[[Any], bool]) -> list[Any]:
+        """The queued items that satisfy ``pred`` (the objects themselves, in heap order)."""
+        return [e[2] for e in self._heap if pred(e[2])]
+
     def peek_time(self) -> float:
         return self._heap[0][0] if self._heap else math.inf
 

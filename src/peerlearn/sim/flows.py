@@ -391,6 +391,29 @@ class FlowNetwork:
             out.update(queue[: buffer.committed(head_left, sizes)])
         return out
 
+    def set_capacities(
+        self, up_Bps: np.ndarray, down_Bps: np.ndarray, *, rerate: bool = True
+    ) -> None:
+        """Change the nodes' capacities at ``now`` (time-varying traces, sim/dynamics.py).
+
+        Transmitting flows keep the bytes they sent under their old rates: the next recomputation
+        re-bases each at ``now`` and gives it its share of the new capacities, so a flow with R
+        bytes left finishes R / new rate later. In bounded mode (``rate_update_s`` > 0) that is
+        the next update, as for any other change. ``rerate=False`` only sets the numbers (a
+        resumed run restoring the capacities its saved flows were rated with).
+        """
+        up = np.array(up_Bps, dtype=np.float64)
+        down = np.array(down_Bps, dtype=np.float64)
+        if up.shape != (self.n,) or down.shape != (self.n,):
+            raise ValueError(f"capacities must be ({self.n},), got {up.shape}, {down.shape}")
+        if not (np.all(up > 0) and np.all(down > 0)):
+            raise ValueError("capacities must be > 0 (inf allowed)")
+        self._caps[: self.n] = up
+        self._caps[self.n : 2 * self.n] = down
+        self._cap_list = self._caps.tolist()
+        if rerate and self._msgs:
+            self._dirty = True
+
     # -- checkpoints -----------------------------------------------------------------------------
 
     _SLOT_ARRAYS = ("_slot_msg", "_src", "_dst", "_size", "_rem", "_ref", "_rate", "_finish")
