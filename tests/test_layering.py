@@ -129,3 +129,20 @@ def test_the_check_sees_imports() -> None:
     assert ("peerlearn.network.presets", "peerlearn.network.kollaps") not in _graph(
         top_level_only=True
     ).edges()
+
+
+def test_the_engine_reads_the_config_only_when_it_is_built() -> None:
+    """Data flows config -> setup -> engine: the simulator takes what it needs from the config
+    in ``__init__``; its event handlers never reach back into it."""
+    tree = ast.parse((SRC / "peerlearn" / "sim" / "engine.py").read_text())
+    readers = set()
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Simulator"):
+        for fn in cls.body:
+            if not isinstance(fn, ast.FunctionDef):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Name) and node.id == "cfg":
+                    readers.add(fn.name)
+                if isinstance(node, ast.Attribute) and node.attr == "cfg":
+                    readers.add(fn.name)
+    assert readers == {"__init__"}

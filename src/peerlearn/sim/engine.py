@@ -87,10 +87,12 @@ class Simulator:
         recorder: MetricsRecorder | None = None,
         progress: ProgressFn | None = None,
     ) -> None:
-        cfg = setup.cfg
+        cfg = setup.cfg  # read here only: the event handlers use the values taken below
         self.setup = setup
-        self.cfg = cfg
         self.n = cfg.nodes
+        self.eval_every_s = cfg.eval.every_s
+        self.step_time_s = cfg.compute.step_time_s
+        self.batched = cfg.compute.batched
         self.recorder = recorder or MetricsRecorder()
         self.progress = progress
         torch_device = cfg.compute.device
@@ -320,7 +322,7 @@ class Simulator:
                 self.queue.push(dyn.next_time(), (_DYN,))
         elif kind == _EVAL:
             self._evaluate()
-            nxt = self.now + self.cfg.eval.every_s
+            nxt = self.now + self.eval_every_s
             if nxt <= self.stop_time and self.round_every is None:
                 self.queue.push(nxt, (_EVAL, None))
 
@@ -405,7 +407,7 @@ class Simulator:
                 )
                 self.jobs[node] = _Job(job)
                 done = self.now + training_time(
-                    self.cfg.compute.step_time_s, self.compute_factors[node], steps
+                    self.step_time_s, self.compute_factors[node], steps
                 )
                 self.queue.push(done, (_NODE, node, TrainingDone(steps)))
             case DropPending(before_iteration=before):
@@ -437,7 +439,7 @@ class Simulator:
             todo = [(i, j) for i, j in self.jobs.items() if j.result is None]
             todo.insert(0, (node, pending))
             t0 = wallclock.perf_counter()
-            if self.cfg.compute.batched:
+            if self.batched:
                 results = self.trainer.run([j.job for _, j in todo])
                 losses = self.trainer.last_loss
             else:
