@@ -1,7 +1,9 @@
 """What capacity traces and churn cost the simulator: DivShare at 256 nodes, side by side.
 
-The same run (digits, a tiny MLP, DivShare) with dynamics off, with a rotating-stragglers
-capacity trace, with exponential churn, and with both. Churn changes the work itself (offline
+The same run (digits, a tiny MLP, DivShare) with dynamics off, with a trace that sets every
+node's capacities to the values they already have every 0.5 s (the mechanism's own cost: the
+run is unchanged, every change still re-rates the flows), with a rotating-stragglers capacity
+trace, with exponential churn, and with both. Churn changes the work itself (offline
 nodes neither train nor send), so the cost is compared per message handled (delivered, lost to
 churn or dropped by a flush) in the engine's own wall time (training and evaluation excluded),
 besides virtual seconds per wall second; and directly, the wall time spent in the dynamics code
@@ -17,7 +19,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import tempfile
 import time
+from pathlib import Path
 
 from peerlearn.config import load_config
 from peerlearn.experiment import build_setup
@@ -59,6 +63,7 @@ BASE = [
 ]
 VARIANTS = {
     "off": [],
+    "same caps": [],  # filled in by main(): a trace file of unchanged capacities
     "traces": [
         "dynamics.kind=rotating_stragglers",
         "dynamics.period_s=0.5",  # nodes // 8 of them slowed at a time (32 of 256)
@@ -97,6 +102,19 @@ def one(nodes: int, virtual_s: float, extra: list[str]) -> dict:
     }
 
 
+def same_capacity_trace(path: Path, nodes: int, virtual_s: float, period_s: float = 0.5) -> None:
+    """Every node at its current capacity (BASE's stragglers preset) every ``period_s``."""
+    slow = nodes // 8
+    rows = ["time_s,node,up_mbps,down_mbps"]
+    t = period_s
+    while t < virtual_s:
+        for i in range(nodes):
+            mbps = 60 / 5 if i < slow else 60
+            rows.append(f"{t:g},{i},{mbps:g},{mbps:g}")
+        t += period_s
+    path.write_text("\n".join(rows) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--nodes", type=int, default=256)
@@ -104,6 +122,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    tmp = tempfile.TemporaryDirectory()
+    trace = Path(tmp.name) / "same.csv"
+    same_capacity_trace(trace, args.nodes, args.virtual_s, min(0.5, args.virtual_s / 2))
+    VARIANTS["same caps"] = ["dynamics.kind=trace", f"dynamics.trace={trace}"]
     best: dict[str, dict] = {}
     for _ in range(args.repeats):
         for name, extra in VARIANTS.items():  # interleaved: drift hits every variant alike
@@ -113,14 +135,14 @@ def main() -> None:
     ref = best["off"]["engine_us_per_message"]
     print(f"DivShare, {args.nodes} nodes, {args.virtual_s:g} virtual s, best of {args.repeats}")
     print(
-        f"{'variant':<8} {'messages':>9} {'engine s':>9} {'us/msg':>7} {'vs off':>7}"
+        f"{'variant':<9} {'messages':>9} {'engine s':>9} {'us/msg':>7} {'vs off':>7}"
         f" {'in dynamics':>12} {'recomp':>7} {'virt s/wall s':>14} {'iters':>6}"
     )
     for name, r in best.items():
         cost = r["engine_us_per_message"] / ref - 1
         r["cost_vs_off"] = cost
         print(
-            f"{name:<8} {r['messages']:>9} {r['engine_s']:>9.2f} {r['engine_us_per_message']:>7.2f}"
+            f"{name:<9} {r['messages']:>9} {r['engine_s']:>9.2f} {r['engine_us_per_message']:>7.2f}"
             f" {cost:>+7.1%} {r['dynamics_share']:>12.2%} {r['recomputations']:>7}"
             f" {r['virtual_s_per_wall_s']:>14.3f} {r['iterations_mean']:>6.1f}"
         )
