@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from peerlearn.codecs.message import Message
+from peerlearn.compute.cost_model import training_time
 from peerlearn.compute.evaluator import BatchedEvaluator
 from peerlearn.compute.precision import use_tf32
 from peerlearn.compute.threads import apply_threads
@@ -48,7 +49,6 @@ from peerlearn.protocols.base import (
 )
 from peerlearn.results.metrics import ALL_NODES, MetricsRecorder
 from peerlearn.results.outcome import ByteCounters, RunResult
-from peerlearn.sim.compute_model import training_time
 from peerlearn.sim.dynamics import SimDynamics, build_schedule
 from peerlearn.sim.events import EventQueue
 from peerlearn.sim.network import flow_network
