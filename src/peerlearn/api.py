@@ -134,8 +134,9 @@ def register_algorithm(
     may give it a new graph every round.
     """
 
-    def add(cls: T) -> T:
-        components.register_algorithm(
+    return _now_or_as_decorator(
+        protocol,
+        lambda cls: components.register_algorithm(
             name,
             config=config,
             protocol=cls,
@@ -144,12 +145,8 @@ def register_algorithm(
             synchronous=synchronous,
             dynamic_topology=dynamic_topology,
             description=description or _first_line(cls),
-        )
-        return cls
-
-    if protocol is None:
-        return add
-    return add(protocol)
+        ),
+    )
 
 
 def register_model(
@@ -169,8 +166,9 @@ def register_model(
     keys of its own. ``inputs``: dataset kinds it reads ("vector", "image", "ratings").
     """
 
-    def add(fn: T) -> T:
-        components.register_model(
+    return _now_or_as_decorator(
+        builder,
+        lambda fn: components.register_model(
             name,
             fn,
             task=task,
@@ -178,12 +176,19 @@ def register_model(
             config=config,
             size_keys=size_keys,
             description=description or _first_line(fn),
-        )
-        return fn
+        ),
+    )
 
-    if builder is None:
-        return add
-    return add(builder)
+
+def _now_or_as_decorator(target: Any, register: Callable[[Any], Any]) -> Any:
+    """Register ``target`` now, or, when it is None, return a decorator that registers what it
+    decorates and returns it unchanged."""
+
+    def add(obj: T) -> T:
+        register(obj)
+        return obj
+
+    return add if target is None else add(target)
 
 
 def _first_line(obj: Any) -> str:
