@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,11 +27,15 @@ EXAMPLE = ROOT / "examples" / "plugin"
 def installed(tmp_path_factory) -> dict[str, str]:
     """pip-installs the example into a fresh folder; the environment that sees it."""
     target = tmp_path_factory.mktemp("site")
+    # built from a copy: setuptools leaves build/ and an egg-info beside the sources, and an
+    # egg-info in examples/plugin would make test_plugins.py find the entry point there
+    source = tmp_path_factory.mktemp("src") / "plugin"
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     # without build isolation pip needs no download: the venv's setuptools builds it
     isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation]
     done = subprocess.run(
-        [*cmd, "--target", str(target), str(EXAMPLE)], capture_output=True, text=True, timeout=300
+        [*cmd, "--target", str(target), str(source)], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
     assert list(target.glob("peerlearn_example_plugin-*.dist-info/entry_points.txt"))
