@@ -260,3 +260,49 @@ def test_compare_seeds_is_the_same_sweep(pool_sweep: Path, tmp_path: Path, capsy
     assert {p.name for p in (out / "runs").iterdir()} == {
         p.name for p in (pool_sweep / "runs").iterdir()
     }
+
+
+def test_evidence_copy_keeps_aggregates_and_recomputes_the_same_stats(
+    pool_sweep: Path, tmp_path: Path, capsys
+) -> None:
+    from peerlearn.results.html_report import render_report
+
+    src = tmp_path / "src"
+    shutil.copytree(pool_sweep, src)
+    index = json.loads((src / "sweep.json").read_text())
+    unfinished = src / index["runs"][0]["dir"]
+    (unfinished / "summary.json").unlink()  # as if still running: must be left out
+    dest = tmp_path / "evidence"
+    assert main(["evidence", str(src), "--out", str(dest)]) == 0
+    assert "left out (not finished)" in capsys.readouterr().out
+    kept = json.loads((dest / "sweep.json").read_text())["runs"]
+    assert [r["status"] for r in kept].count("not exported") == 1
+    assert not (dest / index["runs"][0]["dir"]).exists()
+    for r in index["runs"][1:]:
+        full = (src / r["dir"] / "metrics.csv").read_text().splitlines()
+        small = (dest / r["dir"] / "metrics.csv").read_text().splitlines()
+        assert small[0] == full[0]
+        assert small[1:] == [line for line in full[1:] if line.split(",")[1] == "-1"]
+        assert len(small) < len(full)
+        for name in ("config.toml", "summary.json"):
+            assert (dest / r["dir"] / name).read_bytes() == (src / r["dir"] / name).read_bytes()
+    # the statistics recomputed from the copy equal those recomputed from the full directory
+    from peerlearn.sweep.evidence import aggregate_dir
+
+    aggregate_dir(src)  # rewrites src/stats.json from the full rows
+    assert (src / "stats.json").read_bytes() == (dest / "stats.json").read_bytes()
+    assert (src / "sweep.csv").read_bytes() == (dest / "sweep.csv").read_bytes()
+    group = kept[0]["group"]
+    assert json.loads((dest / "stats.json").read_text())["groups"][group]["n"] == 2
+    assert "<svg" in render_report([dest])
+    # never overwritten unless asked, and never anything that is not an evidence copy
+    assert main(["evidence", str(src), "--out", str(dest)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["evidence", str(src), "--out", str(dest), "--overwrite"]) == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    assert main(["evidence", str(src), "--out", str(other), "--overwrite"]) == 2
+    assert (other / "notes.txt").read_text() == "keep me"
+    assert main(["evidence", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+    assert "not a sweep directory" in capsys.readouterr().err

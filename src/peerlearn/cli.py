@@ -73,6 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("dirs", nargs="+", type=Path, help="sweep directories")
     rep.add_argument("-o", "--output", type=Path, default=Path("report.html"))
 
+    evi = sub.add_parser(
+        "evidence",
+        help="a compact, committable copy of a sweep directory (aggregate rows; stats recomputed)",
+    )
+    evi.add_argument("sweep_dir", type=Path, help="sweep directory")
+    evi.add_argument("--out", type=Path, required=True, help="evidence directory to write")
+    evi.add_argument("--overwrite", action="store_true", help="replace an earlier evidence copy")
+
     cruns = sub.add_parser(
         "compare-runs", help="finished run directories side by side (e.g. simulated vs deployed)"
     )
@@ -171,6 +179,16 @@ def _run_sweep(spec, args) -> int:
             err.print(f"    {escape(str(outcome.out / 'runs' / name))}/error.txt", soft_wrap=True)
         return 1
     err.print(f"results in [bold]{escape(str(outcome.out))}[/bold]")
+    return 0
+
+
+def _cmd_evidence(args, out: Console) -> int:
+    from peerlearn.sweep.evidence import export_evidence
+
+    res = export_evidence(args.sweep_dir, args.out, overwrite=args.overwrite, console=out)
+    out.print(f"{len(res.copied)} finished run(s) in [bold]{escape(str(res.dest))}[/bold]")
+    if res.left_out:
+        out.print(f"left out (not finished): {escape(', '.join(res.left_out))}", soft_wrap=True)
     return 0
 
 
@@ -317,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             path = write_report(args.dirs, args.output)
             out.print(f"report in [bold]{escape(str(path))}[/bold]")
             return 0
+        if args.command == "evidence":
+            return _cmd_evidence(args, out)
         if args.command == "compare":
             from peerlearn.compare import run_compare
 

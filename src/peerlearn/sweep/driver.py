@@ -236,6 +236,7 @@ def _write_index(out: Path, spec: SweepSpec, failed: dict[str, str]) -> None:
         "baseline": spec.baseline,
         "variants": spec.variants,
         "swept_keys": spec.swept_keys,
+        "allow_unequal_grids": spec.allow_unequal_grids,
         "runs": runs,
     }
     (out / "sweep.json").write_text(dumps(index))
