@@ -47,3 +47,12 @@ def test_verdict_rule(tables) -> None:
     assert tables.verdict(claim, r(0.9, 1.2, 1.6)) == "not reproduced"
     assert tables.verdict(claim, r(1.1, 1.4, 1.8)) == "partly"
     assert tables.verdict(claim, r(1.5, 1.9, 2.4)) == "reproduced"
+
+
+def test_dynamics_table_matches_its_evidence() -> None:
+    path = SCRIPT.parents[1] / "dynamics_table.py"
+    spec = importlib.util.spec_from_file_location("dynamics_table", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    assert module.main(["--check"]) == 0
