@@ -306,3 +306,20 @@ def test_evidence_copy_keeps_aggregates_and_recomputes_the_same_stats(
     assert (other / "notes.txt").read_text() == "keep me"
     assert main(["evidence", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
     assert "not a sweep directory" in capsys.readouterr().err
+
+
+def test_order_seeds_starts_every_variant_of_a_seed_first(tmp_path: Path) -> None:
+    from peerlearn.sweep.spec import run_order
+
+    path = _sweep_file(tmp_path, tmp_path / "out", 'order = "seeds"')
+    spec = load_sweep(path)
+    assert [r.seed for r in spec.runs] == [1, 2, 3, 1, 2, 3]  # listed variant-major
+    ordered = run_order(spec, spec.runs)
+    assert [(r.variant, r.seed) for r in ordered] == [
+        (v, s) for s in (1, 2, 3) for v in ("swift", "dpsgd")
+    ]
+    assert run_order(spec, spec.runs[3:]) == [spec.runs[3], spec.runs[4], spec.runs[5]]
+    grid = load_sweep(_sweep_file(tmp_path, tmp_path / "out"))
+    assert run_order(grid, grid.runs) == grid.runs  # the default keeps the listed order
+    with pytest.raises(ConfigError, match=r"sweep\.order"):
+        load_sweep(_sweep_file(tmp_path, tmp_path / "out", 'order = "random"'))

@@ -78,8 +78,8 @@ CLAIMS = [
         "MovieLens, 7/60 stragglers, the artifact's protocol, "
         "lr 0.05 (the config's), final test loss against adpsgd",
         "divshare-movielens-s7",
-        "divshare-lr0p05",
-        "adpsgd-lr0p05",
+        "divshare",
+        "adpsgd",
         "final_loss",
     ),
     Claim(
@@ -89,8 +89,8 @@ CLAIMS = [
         "MovieLens, 7/60 stragglers, the artifact's protocol, "
         "lr 0.05 (the config's), final test loss against swift",
         "divshare-movielens-s7",
-        "divshare-lr0p05",
-        "swift-lr0p05",
+        "divshare",
+        "swift",
         "final_loss",
     ),
     Claim(
@@ -99,9 +99,9 @@ CLAIMS = [
         1 / (1 - 0.095),
         "MovieLens, 7/60 stragglers, the artifact's protocol, "
         "lr 0.5 (tuned here), final test loss against adpsgd",
-        "divshare-movielens-s7",
-        "divshare-lr0p5",
-        "adpsgd-lr0p5",
+        "divshare-movielens-s7-tuned",
+        "divshare",
+        "adpsgd",
         "final_loss",
     ),
     Claim(
@@ -110,9 +110,9 @@ CLAIMS = [
         1 / (1 - 0.095),
         "MovieLens, 7/60 stragglers, the artifact's protocol, "
         "lr 0.5 (tuned here), final test loss against swift",
-        "divshare-movielens-s7",
-        "divshare-lr0p5",
-        "swift-lr0p5",
+        "divshare-movielens-s7-tuned",
+        "divshare",
+        "swift",
         "final_loss",
     ),
     Claim(

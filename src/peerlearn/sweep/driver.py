@@ -44,7 +44,7 @@ from peerlearn.results.stats import (
     run_curves,
 )
 from peerlearn.results.summary import dumps
-from peerlearn.sweep.spec import RunSpec, SweepSpec, config_hash
+from peerlearn.sweep.spec import RunSpec, SweepSpec, config_hash, run_order
 
 
 @dataclass
@@ -132,6 +132,7 @@ def run_sweep(
         if d.exists():
             shutil.rmtree(d)  # incomplete: started and interrupted, or failed
         todo.append(run)
+    todo = run_order(spec, todo)
     _write_index(out, spec, {})
     if ray is not None:
         from peerlearn.sweep.executors import RayExecutor

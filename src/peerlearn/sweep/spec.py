@@ -71,7 +71,11 @@ SWEEP_KEYS = {
     "resources",
     "allow_unequal_grids",
     "threads",
+    "order",
 }
+# the order runs start in: "grid" as listed (variant, point, seed), or "seeds": every variant and
+# point of the first seed, then of the next, so a long sweep stopped early has whole comparisons
+ORDERS = ("grid", "seeds")
 RESOURCE_KEYS = {"num_cpus", "num_gpus", "memory"}
 
 
@@ -104,6 +108,7 @@ class SweepSpec:
     resources: dict[str, float] = field(default_factory=dict)
     allow_unequal_grids: bool = False
     threads: int | None = None
+    order: str = "grid"  # see ORDERS
     source: str = ""  # the sweep file's text (copied into the sweep directory)
 
 
@@ -293,8 +298,26 @@ def load_sweep(
         resources={k: (int(v) if k == "memory" else float(v)) for k, v in resources.items()},
         allow_unequal_grids=bool(sw.get("allow_unequal_grids", False)),
         threads=_positive_int(sw, "threads"),
+        order=_order(sw),
         source=text,
     )
+
+
+def _order(sw: dict[str, Any]) -> str:
+    order = sw.get("order", "grid")
+    if order not in ORDERS:
+        raise ConfigError(f"sweep.order = {order!r}; allowed: {', '.join(map(repr, ORDERS))}")
+    return order
+
+
+def run_order(spec: SweepSpec, runs: list[RunSpec]) -> list[RunSpec]:
+    """``runs`` in the order the sweep starts them (``spec.order``)."""
+    if spec.order == "grid":
+        return list(runs)
+    first = {}
+    for r in spec.runs:
+        first.setdefault(r.seed, len(first))
+    return sorted(runs, key=lambda r: first[r.seed])  # stable: grid order within a seed
 
 
 def compare_sweep(
