@@ -35,7 +35,78 @@ SATURATION_RTOL = 1e-9
 def max_min_rates(
     caps: np.ndarray, entry_flow: np.ndarray, entry_res: np.ndarray, n_flows: int
 ) -> np.ndarray:
-    """Max-min fair rates by progressive filling.
+    """Max-min fair rates by progressive filling: exactly ``max_min_rates_reference``'s floats.
+
+    ``caps[r]`` is the capacity of resource r; flow ``entry_flow[e]`` crosses resource
+    ``entry_res[e]``. When every flow crosses exactly two finite resources (an uplink and a
+    downlink: networks without shared links), the rounds run on a resources x resources matrix
+    of shared flows instead of the flow incidence, so a round is eight NumPy calls on arrays of
+    one row of resources whatever the number of flows; rates are assigned once at the end (a
+    flow's rate is the level of the first round that saturates one of its two resources).
+    Every room, count and level is computed by the same operations in the same order as in the
+    reference (a saturated resource's own room and count, never read again there, are set to
+    inf here). Other flow sets go to the reference.
+    """
+    finite = np.isfinite(caps[entry_res])
+    res_ids, e_res = np.unique(entry_res[finite], return_inverse=True)
+    e_flow = entry_flow[finite]
+    if not len(e_flow):
+        return np.full(n_flows, np.inf)
+    per_flow = np.bincount(e_flow, minlength=n_flows)
+    crossing = per_flow[per_flow > 0]
+    if crossing.min() != 2 or crossing.max() != 2:
+        return max_min_rates_reference(caps, entry_flow, entry_res, n_flows)
+    n_res = len(res_ids)
+    by_flow = np.argsort(e_flow, kind="stable")
+    pair = e_res[by_flow].reshape(-1, 2)  # the two resources of each crossing flow
+    room = caps[res_ids].astype(np.float64)
+    count = np.bincount(e_res, minlength=n_res).astype(np.float64)  # unfrozen flows
+    # flows crossing both a and b. Never cleared: a flow freezes only when one of its two
+    # resources saturates, so row s still counts exactly the unfrozen flows between s and every
+    # resource that has not saturated yet.
+    shared = np.zeros((n_res, n_res))
+    np.add.at(shared, (pair[:, 0], pair[:, 1]), 1.0)
+    shared += shared.T
+    saturated_in = np.full(n_res, n_res, dtype=np.int64)  # the round a resource saturated in
+    lowests: list[float] = []
+    level, clamped, share = np.empty(n_res), np.empty(n_res), np.empty(n_res)
+    scale = 1.0 + SATURATION_RTOL
+    # A saturated resource gets room = count = inf: its level is then nan (inf / inf), which
+    # the fmin and the comparison skip, and stays so whatever is subtracted from it. A resource
+    # left without flows (count 0) has level inf or nan (0 / 0): skipped as well, as the
+    # reference's ``where=count > 0`` skips it.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        while True:
+            np.maximum(room, 0.0, out=clamped)
+            np.divide(clamped, count, out=level)
+            lowest = np.fmin.reduce(level)
+            if not lowest < np.inf:
+                break
+            saturated = (level <= lowest * scale).nonzero()[0]
+            # the flows freezing now, per other resource they cross
+            if len(saturated) == 1:
+                saturated = saturated[0]  # a scalar index: cheaper below
+                taken = shared[saturated]
+            else:
+                taken = shared[saturated].sum(axis=0)
+            saturated_in[saturated] = len(lowests)
+            lowests.append(lowest)
+            np.multiply(taken, lowest, out=share)
+            np.subtract(room, share, out=room)
+            np.subtract(count, taken, out=count)
+            room[saturated] = np.inf
+            count[saturated] = np.inf
+    rates = np.full(n_flows, np.inf)
+    first = np.minimum(saturated_in[pair[:, 0]], saturated_in[pair[:, 1]])
+    rates[e_flow[by_flow[::2]]] = np.array(lowests)[first]
+    return rates
+
+
+def max_min_rates_reference(
+    caps: np.ndarray, entry_flow: np.ndarray, entry_res: np.ndarray, n_flows: int
+) -> np.ndarray:
+    """Max-min fair rates by progressive filling, written plainly (any number of resources per
+    flow; ``max_min_rates`` matches it bit for bit and falls back to it).
 
     ``caps[r]`` is the capacity of resource r; flow ``entry_flow[e]`` crosses resource
     ``entry_res[e]``. All unfrozen flows grow together; when a resource saturates, the flows
