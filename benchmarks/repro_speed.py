@@ -8,6 +8,10 @@ given ``--old-src DIR`` (a ``src`` folder of an older checkout: ``git archive ma
 Prints wall, training, engine and evaluation seconds from each run's ``summary.json``, the
 new / old ratios, and fails unless old and new wrote byte-identical ``metrics.csv`` files.
 
+``train`` mode: times only the trainer on 60 jobs of ``--steps`` steps of the repro MLP (random
+data of Fashion-MNIST's shape), for each ``--chunks`` x ``--threads``, old against new (fresh
+processes, alternating), and checks that every variant returns the same bytes as old's first.
+
 ``flows`` mode: times only ``sim.flows.max_min_rates`` on flow sets of this size, old against
 new in one process: recorded from a short run of the config (``--record``, DivShare) or
 synthetic (60 nodes, the ``divshare_60n7cs5`` capacities, up to ``--max-flows`` random pairs),
@@ -15,6 +19,7 @@ and checks that both return the same floats.
 
     PEERLEARN_DATA=/work/shared/data python benchmarks/repro_speed.py \
         [--virtual-s 10] [--rounds 1] [--algorithms divshare swift adpsgd] [--old-src /tmp/old/src]
+    python benchmarks/repro_speed.py --mode train --old-src /tmp/old/src [--chunks 16 60 4]
     python benchmarks/repro_speed.py --mode flows --old-src /tmp/old/src [--record 3]
 """
 
@@ -100,6 +105,73 @@ def run_mode(args: argparse.Namespace) -> None:
     if differing:
         sys.exit(f"metrics.csv differ between runs: {differing}")
     print("metrics.csv identical across all runs of each algorithm")
+
+
+# -- train mode ------------------------------------------------------------------------------
+
+TRAIN_CHILD = r"""
+import hashlib, json, sys, time, torch
+from peerlearn.compute.trainer import BatchedTrainer, TrainJob
+from peerlearn.models.zoo import build_model
+steps, chunk, threads, repeats = (int(a) for a in sys.argv[1:5])
+torch.set_num_threads(threads)
+spec = build_model("mlp", input_shape=(1, 28, 28), num_classes=10, info={}, seed=1,
+                   hidden=(113,))
+g = torch.Generator().manual_seed(1)
+x, y = torch.rand(6000, 1, 28, 28, generator=g), torch.randint(0, 10, (6000,), generator=g)
+jobs = [TrainJob(spec.init_vector() + 0.01 * torch.randn(spec.layout.numel, generator=g),
+                 torch.randint(0, 6000, (steps, 8), generator=g)) for _ in range(60)]
+trainer = BatchedTrainer(spec, x, y, lr=0.05, max_jobs_per_call=chunk)
+out = trainer.run(jobs)
+best = cpu = float("inf")
+for _ in range(repeats):
+    t0, c0 = time.perf_counter(), time.process_time()
+    trainer.run(jobs)
+    best = min(best, time.perf_counter() - t0)
+    cpu = min(cpu, time.process_time() - c0)
+digest = hashlib.sha256(out.numpy().tobytes() + trainer.last_loss.numpy().tobytes())
+print(json.dumps({"ms_per_step": 1e3 * best / steps, "cpu_ms_per_step": 1e3 * cpu / steps,
+                  "digest": digest.hexdigest()[:16]}))
+"""
+
+
+def train_mode(args: argparse.Namespace) -> None:
+    versions = {"new": None} if args.old_src is None else {"old": args.old_src, "new": None}
+    digests = set()
+    rows: dict[tuple, dict[str, float]] = {}
+    for _ in range(args.rounds):
+        for threads in args.threads:
+            for chunk in args.chunks:
+                for version, src in versions.items():
+                    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+                    if src is not None:
+                        env["PYTHONPATH"] = src
+                    cmd = [sys.executable, "-c", TRAIN_CHILD, str(args.steps), str(chunk)]
+                    out = subprocess.run(
+                        [*cmd, str(threads), str(args.repeats)],
+                        env=env,
+                        check=True,
+                        capture_output=True,
+                    )
+                    r = json.loads(out.stdout.decode().strip().splitlines()[-1])
+                    digests.add(r["digest"])
+                    key = (threads, chunk)
+                    best = rows.setdefault(key, {})
+                    best[version] = min(best.get(version, float("inf")), r["ms_per_step"])
+                    print(
+                        f"{version:<4} threads {threads} jobs/call {chunk:3d}: "
+                        f"{r['ms_per_step']:6.2f} ms wall, {r['cpu_ms_per_step']:6.2f} ms CPU "
+                        f"per step of 60 jobs ({r['digest']})",
+                        flush=True,
+                    )
+    for (threads, chunk), best in rows.items():
+        ratio = f", old / new {best['old'] / best['new']:.2f}x" if "old" in best else ""
+        cells = "  ".join(f"{v} {t:6.2f}" for v, t in best.items())
+        print(f"threads {threads} jobs/call {chunk:3d}: {cells} ms/step{ratio}")
+    print(f"load average: {os.getloadavg()}")
+    if len(digests) > 1:
+        sys.exit(f"trained vectors differ between variants: {sorted(digests)}")
+    print("trained vectors and losses identical across all variants")
 
 
 # -- flows mode ------------------------------------------------------------------------------
@@ -196,7 +268,7 @@ def flows_mode(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--mode", choices=["run", "flows"], default="run")
+    p.add_argument("--mode", choices=["run", "train", "flows"], default="run")
     p.add_argument("--virtual-s", type=float, default=10.0)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--algorithms", nargs="+", default=["divshare", "swift", "adpsgd"])
@@ -205,10 +277,16 @@ def main() -> None:
     p.add_argument("--record", type=float, default=0.0, help="flows: virtual s of DivShare")
     p.add_argument("--synthetic", type=int, default=300, help="flows: synthetic sets")
     p.add_argument("--max-flows", type=int, default=3540, help="flows: most flows in a set")
+    p.add_argument("--steps", type=int, default=32, help="train: steps per job")
+    p.add_argument("--repeats", type=int, default=3, help="train: timed runs (best kept)")
+    p.add_argument("--chunks", type=int, nargs="+", default=[16, 60, 4], help="train: jobs/call")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="train: torch threads")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     if args.mode == "flows":
         flows_mode(args)
+    elif args.mode == "train":
+        train_mode(args)
     else:
         run_mode(args)
 
