@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from peerlearn.compute import BatchedEvaluator, BatchedTrainer, MinibatchStream, TrainJob
 from peerlearn.compute.precision import use_tf32
 from peerlearn.models import build_model
+from peerlearn.models.zoo import MLP
 
 N_USERS, N_ITEMS = 9, 13
 # PEERLEARN_TEST_DEVICE=cuda runs the batched training and evaluation tests on a GPU, in strict
@@ -96,10 +97,16 @@ def test_chunked_and_vmap_paths_give_each_job_its_own_trajectory(name):
 
 
 def flat_gradient_step(trainer: BatchedTrainer, params, xb, yb) -> torch.Tensor:
-    """One SGD step the way the trainer first did it: the gradient w.r.t. the flat (J, P)
+    """One SGD step the way the trainer first did it: plain autograd (for the MLP, its layers
+    as plain ``baddbmm`` calls, not ``_StackedLinear``), the gradient w.r.t. the flat (J, P)
     vector (autograd concatenates the pieces), then one ``add_`` on the whole tensor."""
     p = params.detach().requires_grad_(True)
-    out = trainer.hooks.stacked(trainer.spec.layout.unflatten(p), xb)
+    views = trainer.spec.layout.unflatten(p)
+    module = trainer.spec.module
+    if isinstance(module, MLP):
+        out = module._tail(views, xb.flatten(2), 0)
+    else:
+        out = trainer.hooks.stacked(views, xb)
     per_sample = F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1), reduction="none")
     losses = per_sample.view(yb.shape).mean(1)
     (grads,) = torch.autograd.grad(losses.sum(), p)
