@@ -111,8 +111,10 @@ def run_mode(args: argparse.Namespace) -> None:
 
 TRAIN_CHILD = r"""
 import hashlib, json, sys, time, torch
+from peerlearn.compute.memory import keep_large_buffers
 from peerlearn.compute.trainer import BatchedTrainer, TrainJob
 from peerlearn.models.zoo import build_model
+keep_large_buffers()  # as a run does (its evaluator calls it before any training)
 steps, chunk, threads, repeats = (int(a) for a in sys.argv[1:5])
 torch.set_num_threads(threads)
 spec = build_model("mlp", input_shape=(1, 28, 28), num_classes=10, info={}, seed=1,
