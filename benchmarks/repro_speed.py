@@ -53,7 +53,9 @@ def run_once(src: str | None, algo: str, virtual_s: float, out: Path, extra: lis
     for s in sets:
         cmd += ["--set", s]
     t0 = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     process_s = time.perf_counter() - t0
     summary = json.loads((out / "summary.json").read_text())
     prof = summary["profile"]

@@ -9,7 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peerlearn.sim.flows import FlowNetwork, max_min_rates, max_min_rates_reference
+from peerlearn.sim.flows import (
+    FlowNetwork,
+    IncrementalFilling,
+    max_min_rates,
+    max_min_rates_reference,
+)
 from peerlearn.sim.send_buffer import SendBuffer
 
 INF = math.inf
@@ -294,6 +299,36 @@ def test_max_min_rates_matches_the_reference_bit_for_bit():
         assert fast.dtype == ref.dtype and fast.tobytes() == ref.tobytes()
         fast_path += bool(np.all(np.isfinite(caps[res])))
     assert fast_path > 200  # most sets take the two-resources-per-flow path
+
+
+def test_incremental_filling_equals_a_filling_from_scratch_bit_for_bit():
+    rng = np.random.default_rng(11)
+    restarts = []
+    for case in range(30):
+        n = int(rng.integers(2, 9))
+        caps = random_flow_set(rng, n)[0]
+        if not np.all(np.isfinite(caps)):
+            caps = np.where(np.isfinite(caps), caps, 5.0)
+        filling = IncrementalFilling(caps)
+        src = rng.integers(n, size=int(rng.integers(1, 3 * n)))
+        dst = rng.integers(n, size=len(src))
+        for _ in range(40):
+            # a few flows end, a few start (sometimes none: the same set again)
+            keep = rng.random(len(src)) > rng.choice([0.0, 0.1, 0.4])
+            new = int(rng.integers(0, 4))
+            src = np.concatenate([src[keep], rng.integers(n, size=new)])
+            dst = np.concatenate([dst[keep], rng.integers(n, size=new)])
+            if not len(src):
+                continue
+            flows = np.arange(len(src))
+            entry_flow = np.concatenate([flows, flows])
+            entry_res = np.concatenate([src, n + dst])
+            want = max_min_rates_reference(caps, entry_flow, entry_res, len(src))
+            before = filling.rounds
+            got = filling.rates(src, dst)
+            assert got.tobytes() == want.tobytes(), case
+            restarts.append(before)
+    assert sum(r > 0 for r in restarts) > 100  # most fillings reused kept rounds
 
 
 def test_max_min_rates_falls_back_for_shared_links():
