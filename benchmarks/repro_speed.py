@@ -173,6 +173,9 @@ def train_mode(args: argparse.Namespace) -> None:
         cells = "  ".join(f"{v} {t:6.2f}" for v, t in best.items())
         print(f"threads {threads} jobs/call {chunk:3d}: {cells} ms/step{ratio}")
     print(f"load average: {os.getloadavg()}")
+    if args.json:
+        table = [{"threads": t, "jobs_per_call": c, **best} for (t, c), best in rows.items()]
+        Path(args.json).write_text(json.dumps(table, indent=2))
     if len(digests) > 1:
         sys.exit(f"trained vectors differ between variants: {sorted(digests)}")
     print("trained vectors and losses identical across all variants")
@@ -268,6 +271,9 @@ def flows_mode(args: argparse.Namespace) -> None:
     if "old" in best:
         print(f"new is {best['old'] / best['new']:.2f}x faster")
     print(f"load average: {os.getloadavg()}")
+    if args.json:
+        per_call = {v: t / len(sets) for v, t in best.items()}
+        Path(args.json).write_text(json.dumps({"sets": len(sets), "s_per_call": per_call}))
 
 
 def main() -> None:
