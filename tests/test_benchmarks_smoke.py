@@ -32,6 +32,18 @@ CASES = {
     "dynamics_cost.py": ["--nodes", "16", "--virtual-s", "0.5", "--repeats", "1"],
     "eval_memory.py": ["--models", "2", "--test", "64", "--batch", "32", "--rounds", "1"],
     "threads_under_load.py": ["--virtual-s", "0.5", "--rounds", "1"],
+    "repro_speed.py": [
+        "--mode",
+        "train",
+        "--steps",
+        "1",
+        "--chunks",
+        "16",
+        "--threads",
+        "1",
+        "--repeats",
+        "1",
+    ],
     "network_model.py": [
         "--nodes",
         "8",
@@ -82,6 +94,30 @@ def test_codec_benchmark_runs() -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ms" in proc.stdout
+
+
+def test_repro_speed_flows_mode_runs(tmp_path: Path) -> None:
+    out = tmp_path / "flows.json"
+    args = ["--mode", "flows", "--synthetic", "3", "--max-flows", "40", "--json", str(out)]
+    cmd = [sys.executable, str(BENCH / "repro_speed.py"), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["sets"] == 3
+
+
+def test_repro_speed_run_mode_runs(tmp_path: Path) -> None:
+    """The repro config for 0.05 virtual s, where Fashion-MNIST is on PEERLEARN_DATA."""
+    from peerlearn.data import fashion_mnist
+    from peerlearn.data.roots import data_roots
+
+    if not any(p.is_dir() for p in fashion_mnist.candidates(data_roots())):
+        pytest.skip("Fashion-MNIST not on PEERLEARN_DATA")
+    out = tmp_path / "run.json"
+    args = ["--virtual-s", "0.05", "--algorithms", "divshare", "--json", str(out)]
+    cmd = [sys.executable, str(BENCH / "repro_speed.py"), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["new"]["divshare"]["metrics_rows"] > 1
 
 
 def test_every_benchmark_script_has_a_smoke_run() -> None:

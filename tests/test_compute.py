@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from peerlearn.compute import BatchedEvaluator, BatchedTrainer, MinibatchStream, TrainJob
 from peerlearn.compute.precision import use_tf32
 from peerlearn.models import build_model
+from peerlearn.models.zoo import MLP
 
 N_USERS, N_ITEMS = 9, 13
 # PEERLEARN_TEST_DEVICE=cuda runs the batched training and evaluation tests on a GPU, in strict
@@ -93,6 +94,60 @@ def test_chunked_and_vmap_paths_give_each_job_its_own_trajectory(name):
     torch.testing.assert_close(chunked.last_loss, whole.last_loss)
     vmapped = BatchedTrainer(spec, x, y, lr=0.05, stacked=False, device=DEVICE)
     torch.testing.assert_close(vmapped.run(jobs), want, rtol=0, atol=1e-5)
+
+
+def flat_gradient_step(trainer: BatchedTrainer, params, xb, yb) -> torch.Tensor:
+    """One SGD step the way the trainer first did it: plain autograd (for the MLP, its layers
+    as plain ``baddbmm`` calls, not ``_StackedLinear``), the gradient w.r.t. the flat (J, P)
+    vector (autograd concatenates the pieces), then one ``add_`` on the whole tensor."""
+    p = params.detach().requires_grad_(True)
+    views = trainer.spec.layout.unflatten(p)
+    module = trainer.spec.module
+    if isinstance(module, MLP):
+        out = module._tail(views, xb.flatten(2), 0)
+    else:
+        out = trainer.hooks.stacked(views, xb)
+    per_sample = F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1), reduction="none")
+    losses = per_sample.view(yb.shape).mean(1)
+    (grads,) = torch.autograd.grad(losses.sum(), p)
+    with torch.no_grad():
+        params.add_(grads, alpha=-trainer.lr)
+    return losses.detach()
+
+
+@pytest.mark.parametrize(
+    "name, shape, hidden, jobs",
+    [
+        ("mlp", (1, 28, 28), (113,), 16),  # the repro config's MLP
+        ("mlp", (64,), (32, 16), 5),
+        ("mlp", (30,), (), 3),
+        ("gn_lenet", (3, 16, 16), (), 4),
+    ],
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_per_parameter_updates_equal_the_flat_gradient_step_bit_for_bit(
+    name, shape, hidden, jobs, threads
+):
+    spec = build_model(name, input_shape=shape, num_classes=10, info={}, seed=1, hidden=hidden)
+    g = torch.Generator().manual_seed(len(shape) + jobs)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for trial in range(3):
+            batch = 8 if trial < 2 else 3
+            x = torch.randn(jobs, batch, *shape, generator=g)
+            y = torch.randint(0, 10, (jobs, batch), generator=g)
+            trainer = BatchedTrainer(spec, x.flatten(0, 1), y.flatten(), lr=0.05 + 0.1 * trial)
+            init = spec.init_vector() + 0.1 * torch.randn(jobs, spec.layout.numel, generator=g)
+            a, b = init.clone(), init.clone()
+            with torch.enable_grad():
+                for _ in range(3):
+                    got = trainer._sgd_step_on(a, x, y)
+                    want = flat_gradient_step(trainer, b, x, y)
+                    assert torch.equal(got, want)
+                    assert torch.equal(a, b)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_last_loss_is_mean_over_each_jobs_steps():

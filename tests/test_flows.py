@@ -9,7 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peerlearn.sim.flows import FlowNetwork, max_min_rates
+from peerlearn.sim.flows import (
+    FlowNetwork,
+    IncrementalFilling,
+    max_min_rates,
+    max_min_rates_reference,
+)
 from peerlearn.sim.send_buffer import SendBuffer
 
 INF = math.inf
@@ -260,6 +265,80 @@ def test_max_min_rates_ties_and_chain():
     flow = np.array([0, 0, 1, 2, 3])
     res = np.array([0, 1, 1, 1, 2])
     assert max_min_rates(caps, flow, res, 4) == pytest.approx([1.0, 4.5, 4.5, 10.0])
+
+
+def random_flow_set(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
+    """Flows from uplinks 0..n-1 to downlinks n..2n-1: equal capacities (exact ties), repeated
+    pairs, infinite resources, capacities that leave some resources with negative room."""
+    kind = rng.integers(4)
+    if kind == 0:
+        caps = rng.choice([1.0, 2.0, 3.0, 6.0], size=2 * n)  # many exact ties
+    elif kind == 1:
+        caps = rng.uniform(0.1, 10.0, size=2 * n)
+    elif kind == 2:
+        caps = np.full(2 * n, 7.5e6)
+        caps[rng.choice(2 * n, size=max(1, n // 8), replace=False)] = rng.uniform(1.2e6, 1.7e6)
+    else:
+        caps = rng.uniform(0.1, 10.0, size=2 * n)
+        caps[rng.random(2 * n) < 0.2] = INF
+    k = int(rng.integers(1, 4 * n * n))
+    src = rng.integers(n, size=k)
+    dst = n + rng.integers(n, size=k)
+    perm = rng.permutation(2 * k)  # entries in any order
+    flows = np.concatenate([np.arange(k), np.arange(k)])[perm]
+    res = np.concatenate([src, dst])[perm]
+    return caps, flows, res, k
+
+
+def test_max_min_rates_matches_the_reference_bit_for_bit():
+    rng = np.random.default_rng(7)
+    fast_path = 0
+    for _ in range(400):
+        caps, flows, res, k = random_flow_set(rng, int(rng.integers(1, 12)))
+        fast, ref = max_min_rates(caps, flows, res, k), max_min_rates_reference(caps, flows, res, k)
+        assert fast.dtype == ref.dtype and fast.tobytes() == ref.tobytes()
+        fast_path += bool(np.all(np.isfinite(caps[res])))
+    assert fast_path > 200  # most sets take the two-resources-per-flow path
+
+
+def test_incremental_filling_equals_a_filling_from_scratch_bit_for_bit():
+    rng = np.random.default_rng(11)
+    restarts = []
+    for case in range(30):
+        n = int(rng.integers(2, 9))
+        caps = random_flow_set(rng, n)[0]
+        if not np.all(np.isfinite(caps)):
+            caps = np.where(np.isfinite(caps), caps, 5.0)
+        filling = IncrementalFilling(caps)
+        src = rng.integers(n, size=int(rng.integers(1, 3 * n)))
+        dst = rng.integers(n, size=len(src))
+        for _ in range(40):
+            # a few flows end, a few start (sometimes none: the same set again)
+            keep = rng.random(len(src)) > rng.choice([0.0, 0.1, 0.4])
+            new = int(rng.integers(0, 4))
+            src = np.concatenate([src[keep], rng.integers(n, size=new)])
+            dst = np.concatenate([dst[keep], rng.integers(n, size=new)])
+            if not len(src):
+                continue
+            flows = np.arange(len(src))
+            entry_flow = np.concatenate([flows, flows])
+            entry_res = np.concatenate([src, n + dst])
+            want = max_min_rates_reference(caps, entry_flow, entry_res, len(src))
+            before = filling.rounds
+            got = filling.rates(src, dst)
+            assert got.tobytes() == want.tobytes(), case
+            restarts.append(before)
+    assert sum(r > 0 for r in restarts) > 100  # most fillings reused kept rounds
+
+
+def test_max_min_rates_falls_back_for_shared_links():
+    # flow 0 crosses 0, 1 and the shared link 2; flow 1 crosses 1 only; flow 2 crosses 2 and 3
+    caps = np.array([4.0, 3.0, 2.5, 9.0])
+    flow = np.array([0, 0, 0, 1, 2, 2])
+    res = np.array([0, 1, 2, 1, 2, 3])
+    fast, ref = max_min_rates(caps, flow, res, 3), max_min_rates_reference(caps, flow, res, 3)
+    assert fast.tobytes() == ref.tobytes()
+    assert fast == pytest.approx([1.25, 1.75, 1.25])
 
 
 # ---------------------------------------------------------------------------------------------

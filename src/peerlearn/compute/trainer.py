@@ -90,11 +90,21 @@ class BatchedTrainer:
 
     def _stacked_step(
         self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gradients (J, P) and losses (J,) of J models on their own batches, one backward."""
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Gradients of J models on their own batches, one backward: one (J, *shape) tensor per
+        parameter (in layout order), and the losses (J,).
+
+        Each parameter is its own leaf (a view of ``params``' storage), so autograd hands back
+        each gradient as the backward computed it, in whatever strides (a weight used as
+        ``w.mT`` gets a transposed one): no copy into a contiguous (J, P) gradient and no
+        concatenation, which for small models cost more than the arithmetic.
+        """
         assert self.hooks.stacked is not None
-        p = params.detach().requires_grad_(True)
-        out = self.hooks.stacked(self.spec.layout.unflatten(p), x)
+        leaves = {
+            name: view.detach().requires_grad_(True)
+            for name, view in self.spec.layout.unflatten(params).items()
+        }
+        out = self.hooks.stacked(leaves, x)
         if self.spec.task == "classification":
             per_sample = F.cross_entropy(
                 out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="none"
@@ -102,8 +112,9 @@ class BatchedTrainer:
         else:
             per_sample = (out - y) ** 2
         losses = per_sample.mean(1)  # each model's mean loss over its batch, as spec.loss
-        (grads,) = torch.autograd.grad(losses.sum(), p)  # model j's grad only sees loss j
-        return grads, losses.detach()
+        # model j's grads only see loss j
+        grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
+        return list(grads), losses.detach()
 
     def run(self, jobs: Sequence[TrainJob]) -> torch.Tensor:
         """Run every job (in chunks of ``max_jobs_per_call``); see ``_run_chunk``."""
@@ -129,10 +140,18 @@ class BatchedTrainer:
             with torch.no_grad():
                 views = self.spec.layout.unflatten(params)
                 return self.hooks.sgd_step_rows(views, xb, yb, self.lr)
-        step = self._stacked_step if self.stacked else self._step_grads
-        grads, losses = step(params, xb, yb)
-        params.add_(grads, alpha=-self.lr)  # as torch.optim.SGD does
-        return losses.detach()
+        if not self.stacked:
+            grads, losses = self._step_grads(params, xb, yb)
+            params.add_(grads, alpha=-self.lr)  # as torch.optim.SGD does
+            return losses.detach()
+        pieces, losses = self._stacked_step(params, xb, yb)
+        with torch.no_grad():
+            # the same p + (-lr) * g per element as one add_ on the whole (J, P) tensor (add_
+            # with alpha rounds once, fused, in vectorized and scalar loops alike: tested
+            # bit for bit in tests/test_compute.py)
+            for view, grad in zip(self.spec.layout.unflatten(params).values(), pieces, strict=True):
+                view.add_(grad, alpha=-self.lr)
+        return losses
 
     @torch.inference_mode(False)
     @torch.enable_grad()

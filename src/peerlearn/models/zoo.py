@@ -144,8 +144,11 @@ class MLP(nn.Module):
         return self.out(x)
 
     def stacked(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """J models at once with batched matrix products; ``x`` is (J, B, ...)."""
-        return self._tail(p, x.flatten(2), 0)
+        """J models at once with batched matrix products; ``x`` is (J, B, ...).
+
+        Each layer's weight gradient comes out in the weight's own (J, out, in) layout
+        (``_StackedLinear``), so the trainer's update reads it contiguously."""
+        return self._tail(p, x.flatten(2), 0, _StackedLinear.apply)
 
     def stacked_shared(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """J models on one batch ``x`` (B, ...) they all see: the first layer is a single
@@ -159,11 +162,46 @@ class MLP(nn.Module):
             return h
         return self._tail(p, F.relu(h), 1)
 
-    def _tail(self, p: dict[str, torch.Tensor], h: torch.Tensor, start: int) -> torch.Tensor:
+    def _tail(
+        self,
+        p: dict[str, torch.Tensor],
+        h: torch.Tensor,
+        start: int,
+        linear: Callable[..., torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        linear = linear or _stacked_linear
         for k in range(start, len(self.hidden)):
-            w, bias = p[f"hidden.{k}.weight"], p[f"hidden.{k}.bias"]
-            h = F.relu(torch.baddbmm(bias.unsqueeze(1), h, w.mT))
-        return torch.baddbmm(p["out.bias"].unsqueeze(1), h, p["out.weight"].mT)
+            h = F.relu(linear(h, p[f"hidden.{k}.weight"], p[f"hidden.{k}.bias"]))
+        return linear(h, p["out.weight"], p["out.bias"])
+
+
+def _stacked_linear(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """J linear layers at once: h (J, B, in), w (J, out, in), bias (J, out) -> (J, B, out)."""
+    return torch.baddbmm(bias.unsqueeze(1), h, w.mT)
+
+
+class _StackedLinear(torch.autograd.Function):
+    """``_stacked_linear`` with the weight gradient computed as ``grad.mT @ h``, (J, out, in)
+    like the weight, where autograd computes ``(h.mT @ grad).mT``: the same numbers (a product
+    and its transpose; bit for bit on this CPU for every shape tried, and
+    tests/test_compute.py checks the trainer's steps against autograd's), but no transposed
+    (J, out, in) gradient for the update to read element by element, which cost more than
+    the products themselves. The input and bias gradients are autograd's own expressions."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(h, w)
+        ctx.bias_shape = bias.unsqueeze(1).shape
+        return _stacked_linear(h, w, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        h, w = ctx.saved_tensors
+        grad_h = grad.bmm(w) if ctx.needs_input_grad[0] else None  # as baddbmm's backward
+        grad_w = grad.mT.bmm(h) if ctx.needs_input_grad[1] else None
+        # the broadcast bias's gradient as autograd reduces it (sum_to), then unsqueeze's
+        grad_b = grad.sum_to_size(ctx.bias_shape).squeeze(1) if ctx.needs_input_grad[2] else None
+        return grad_h, grad_w, grad_b
 
 
 def _require_classes(name: str, num_classes: int | None) -> int:

@@ -35,7 +35,78 @@ SATURATION_RTOL = 1e-9
 def max_min_rates(
     caps: np.ndarray, entry_flow: np.ndarray, entry_res: np.ndarray, n_flows: int
 ) -> np.ndarray:
-    """Max-min fair rates by progressive filling.
+    """Max-min fair rates by progressive filling: exactly ``max_min_rates_reference``'s floats.
+
+    ``caps[r]`` is the capacity of resource r; flow ``entry_flow[e]`` crosses resource
+    ``entry_res[e]``. When every flow crosses exactly two finite resources (an uplink and a
+    downlink: networks without shared links), the rounds run on a resources x resources matrix
+    of shared flows instead of the flow incidence, so a round is eight NumPy calls on arrays of
+    one row of resources whatever the number of flows; rates are assigned once at the end (a
+    flow's rate is the level of the first round that saturates one of its two resources).
+    Every room, count and level is computed by the same operations in the same order as in the
+    reference (a saturated resource's own room and count, never read again there, are set to
+    inf here). Other flow sets go to the reference.
+    """
+    finite = np.isfinite(caps[entry_res])
+    res_ids, e_res = np.unique(entry_res[finite], return_inverse=True)
+    e_flow = entry_flow[finite]
+    if not len(e_flow):
+        return np.full(n_flows, np.inf)
+    per_flow = np.bincount(e_flow, minlength=n_flows)
+    crossing = per_flow[per_flow > 0]
+    if crossing.min() != 2 or crossing.max() != 2:
+        return max_min_rates_reference(caps, entry_flow, entry_res, n_flows)
+    n_res = len(res_ids)
+    by_flow = np.argsort(e_flow, kind="stable")
+    pair = e_res[by_flow].reshape(-1, 2)  # the two resources of each crossing flow
+    room = caps[res_ids].astype(np.float64)
+    count = np.bincount(e_res, minlength=n_res).astype(np.float64)  # unfrozen flows
+    # flows crossing both a and b. Never cleared: a flow freezes only when one of its two
+    # resources saturates, so row s still counts exactly the unfrozen flows between s and every
+    # resource that has not saturated yet.
+    shared = np.zeros((n_res, n_res))
+    np.add.at(shared, (pair[:, 0], pair[:, 1]), 1.0)
+    shared += shared.T
+    saturated_in = np.full(n_res, n_res, dtype=np.int64)  # the round a resource saturated in
+    lowests: list[float] = []
+    level, clamped, share = np.empty(n_res), np.empty(n_res), np.empty(n_res)
+    scale = 1.0 + SATURATION_RTOL
+    # A saturated resource gets room = count = inf: its level is then nan (inf / inf), which
+    # the fmin and the comparison skip, and stays so whatever is subtracted from it. A resource
+    # left without flows (count 0) has level inf or nan (0 / 0): skipped as well, as the
+    # reference's ``where=count > 0`` skips it.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        while True:
+            np.maximum(room, 0.0, out=clamped)
+            np.divide(clamped, count, out=level)
+            lowest = np.fmin.reduce(level)
+            if not lowest < np.inf:
+                break
+            saturated = (level <= lowest * scale).nonzero()[0]
+            # the flows freezing now, per other resource they cross
+            if len(saturated) == 1:
+                saturated = saturated[0]  # a scalar index: cheaper below
+                taken = shared[saturated]
+            else:
+                taken = shared[saturated].sum(axis=0)
+            saturated_in[saturated] = len(lowests)
+            lowests.append(lowest)
+            np.multiply(taken, lowest, out=share)
+            np.subtract(room, share, out=room)
+            np.subtract(count, taken, out=count)
+            room[saturated] = np.inf
+            count[saturated] = np.inf
+    rates = np.full(n_flows, np.inf)
+    first = np.minimum(saturated_in[pair[:, 0]], saturated_in[pair[:, 1]])
+    rates[e_flow[by_flow[::2]]] = np.array(lowests)[first]
+    return rates
+
+
+def max_min_rates_reference(
+    caps: np.ndarray, entry_flow: np.ndarray, entry_res: np.ndarray, n_flows: int
+) -> np.ndarray:
+    """Max-min fair rates by progressive filling, written plainly (any number of resources per
+    flow; ``max_min_rates`` matches it bit for bit and falls back to it).
 
     ``caps[r]`` is the capacity of resource r; flow ``entry_flow[e]`` crosses resource
     ``entry_res[e]``. All unfrozen flows grow together; when a resource saturates, the flows
@@ -68,6 +139,119 @@ def max_min_rates(
         count -= taken
         e_flow, e_res = e_flow[~leaving], e_res[~leaving]
     return rates
+
+
+class IncrementalFilling:
+    """``max_min_rates`` for flows that each cross one uplink and one downlink (no shared
+    links, finite capacities), restarted from the first round a change can affect.
+
+    Between two recomputations a few flows start or end. The previous progressive filling is
+    kept round by round (each resource's room and count at the start of every round, the
+    rounds' levels, the round each resource saturated in). Rounds before ``k0`` run exactly as
+    before, so the filling restarts at ``k0`` from the saved state, where ``k0`` is the
+    earliest of: the round in which either end of a started or ended flow saturated (before
+    it, no changed flow freezes, so every resource's room and the flows that freeze are as
+    before), and the first round in which a resource whose flow count changed would have
+    joined or undercut the saturating set at its new count (before it, that resource's only
+    difference, its count, changes no decision). From ``k0`` on, rounds are computed as in
+    ``max_min_rates`` (over all 2n resources: one without flows has count 0 and never
+    saturates), so the rates are the same floats as a filling from scratch.
+    """
+
+    def __init__(self, caps: np.ndarray) -> None:
+        self.n = len(caps) // 2
+        self.caps = np.array(caps, dtype=np.float64)
+        m = 2 * self.n
+        self.pairs = np.zeros((self.n, self.n))  # flows per (src, dst) last time
+        self.rounds = -1  # rounds of the last filling; -1: none kept
+        # at the start of round k (and after the last round, at index ``rounds``)
+        self.room = np.empty((m + 1, m))
+        self.count = np.empty((m + 1, m))
+        self.lowest = np.empty(m + 1)
+        self.threshold = np.empty(m + 1)
+        self.saturated_in = np.full(m, m + 1, dtype=np.int64)
+        self._count_change = np.zeros(m)  # per resource, flows now minus flows last time
+
+    def rates(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        """Max-min rates of flows ``src[i] -> dst[i]`` (every pair's uplink and downlink)."""
+        n, m = self.n, 2 * self.n
+        pairs = np.zeros((n, n))
+        np.add.at(pairs, (src, dst), 1.0)
+        k0 = self._restart_round(pairs)
+        self.pairs = pairs
+        shared = np.zeros((m, m))  # flows crossing both resources (see max_min_rates)
+        shared[:n, n:] = pairs
+        shared[n:, :n] = pairs.T
+        if k0 == 0:
+            room = self.caps.copy()
+            count = np.concatenate([pairs.sum(axis=1), pairs.sum(axis=0)])
+        else:
+            # the kept rounds before k0 stand, at the new counts (the later ones are redone)
+            self.count[: k0 + 1] += self._count_change
+            room = self.room[k0].copy()
+            count = self.count[k0].copy()
+        self.saturated_in[self.saturated_in >= k0] = m + 1
+        level, clamped, share = np.empty(m), np.empty(m), np.empty(m)
+        scale = 1.0 + SATURATION_RTOL
+        k = k0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            while True:
+                self.room[k] = room
+                self.count[k] = count
+                np.maximum(room, 0.0, out=clamped)
+                np.divide(clamped, count, out=level)
+                lowest = np.fmin.reduce(level)
+                if not lowest < np.inf:
+                    break
+                threshold = lowest * scale
+                self.lowest[k] = lowest
+                self.threshold[k] = threshold
+                saturated = (level <= threshold).nonzero()[0]
+                if len(saturated) == 1:
+                    saturated = saturated[0]
+                    taken = shared[saturated]
+                else:
+                    taken = shared[saturated].sum(axis=0)
+                self.saturated_in[saturated] = k
+                np.multiply(taken, lowest, out=share)
+                np.subtract(room, share, out=room)
+                np.subtract(count, taken, out=count)
+                room[saturated] = np.inf
+                count[saturated] = np.inf
+                k += 1
+        self.rounds = k
+        first = np.minimum(self.saturated_in[src], self.saturated_in[n + dst])
+        return self.lowest[first]
+
+    def _restart_round(self, pairs: np.ndarray) -> int:
+        """The first round the filling for ``pairs`` may differ from the kept one (0: none
+        kept); sets ``_count_change``, each resource's change in flow count."""
+        if self.rounds < 0:
+            return 0
+        change = pairs - self.pairs
+        src, dst = change.nonzero()
+        if not len(src):
+            self._count_change = np.zeros(2 * self.n)
+            return self.rounds
+        n = self.n
+        self._count_change = np.concatenate([change.sum(axis=1), change.sum(axis=0)])
+        # before the first round that saturates an end of a started or ended flow
+        ends = np.concatenate([self.saturated_in[src], self.saturated_in[n + dst]])
+        k0 = min(self.rounds, int(ends.min()))
+        changed = self._count_change.nonzero()[0]
+        if k0 > 0 and len(changed):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                level = np.maximum(self.room[:k0, changed], 0.0) / (
+                    self.count[:k0, changed] + self._count_change[changed]
+                )
+            early = (level <= self.threshold[:k0, None]).any(axis=1)
+            if early.any():
+                k0 = int(early.argmax())
+        return k0
+
+    def forget(self) -> None:
+        """Drop the kept filling (capacities changed, a state was loaded)."""
+        self.rounds = -1
 
 
 # A pending message is a list [src, dst, nbytes, slot, seq]: slot is its index in the flow arrays
@@ -144,6 +328,7 @@ class FlowNetwork:
         self._caps = np.concatenate([up, down, link_caps])
         self._cap_list: list[float] = self._caps.tolist()  # for scalar use on the hot path
         self._n_links = len(link_caps)
+        self._filling = self._new_filling()
         self._route_fn = route
         self._routes: dict[tuple[int, int], tuple[int, ...]] = {}
 
@@ -411,6 +596,7 @@ class FlowNetwork:
         self._caps[: self.n] = up
         self._caps[self.n : 2 * self.n] = down
         self._cap_list = self._caps.tolist()
+        self._filling = self._new_filling()
         if rerate and self._msgs:
             self._dirty = True
 
@@ -483,8 +669,16 @@ class FlowNetwork:
         self._last_update = float(state["last_update"])
         self._used = state["used"].tolist()
         self.recomputations = int(state["recomputations"])
+        if self._filling is not None:
+            self._filling.forget()
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _new_filling(self) -> IncrementalFilling | None:
+        """The incremental max-min filling where it applies: no shared links, finite caps."""
+        if self._n_links or not np.all(np.isfinite(self._caps)):
+            return None
+        return IncrementalFilling(self._caps)
 
     def _active_slots(self) -> np.ndarray:
         return np.flatnonzero(self._slot_msg >= 0)
@@ -679,6 +873,21 @@ class FlowNetwork:
             return math.inf
         return max(self._last_update + self.rate_update_s, self.now)
 
+    def _entries(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The flow-resource incidence of ``slots`` (flows numbered 0..len-1): uplinks,
+        downlinks, then shared links."""
+        flows = np.arange(len(slots))
+        entry_flow = [flows, flows]
+        entry_res = [self._src[slots], self.n + self._dst[slots]]
+        if self._n_links:
+            links = [self._slot_res[s][2:] for s in slots]  # shared links, already 2n + k
+            lengths = np.array([len(r) for r in links], dtype=np.int64)
+            entry_flow.append(np.repeat(flows, lengths))
+            entry_res.append(
+                np.fromiter((k for r in links for k in r), dtype=np.int64, count=int(lengths.sum()))
+            )
+        return np.concatenate(entry_flow), np.concatenate(entry_res)
+
     def _refresh(self) -> None:
         """Recompute the max-min allocation if the set of flows changed (and an update is due)."""
         if not self._dirty:
@@ -695,21 +904,15 @@ class FlowNetwork:
         # re-base every flow at now under its old rate, then give it its new rate
         self._rem[slots] = self._remaining(slots)
         self._ref[slots] = self.now
-        flows = np.arange(len(slots))
-        entry_flow = [flows, flows]
-        entry_res = [self._src[slots], self.n + self._dst[slots]]
-        if self._n_links:
-            links = [self._slot_res[s][2:] for s in slots]  # shared links, already 2n + k
-            lengths = np.array([len(r) for r in links], dtype=np.int64)
-            entry_flow.append(np.repeat(flows, lengths))
-            entry_res.append(
-                np.fromiter((k for r in links for k in r), dtype=np.int64, count=int(lengths.sum()))
-            )
-        e_flow, e_res = np.concatenate(entry_flow), np.concatenate(entry_res)
-        rates = max_min_rates(self._caps, e_flow, e_res, len(slots))
+        if self._filling is not None:
+            rates = self._filling.rates(self._src[slots], self._dst[slots])
+        else:
+            e_flow, e_res = self._entries(slots)
+            rates = max_min_rates(self._caps, e_flow, e_res, len(slots))
         self._rate[slots] = rates
         self._set_finish(slots)
         if self.rate_update_s > 0:
+            e_flow, e_res = self._entries(slots)
             w = rates[e_flow]
             fin = np.isfinite(w)
             used = np.bincount(e_res[fin], weights=w[fin], minlength=len(self._caps))
