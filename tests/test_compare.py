@@ -20,6 +20,9 @@ def test_parse_algorithms_with_parameters() -> None:
     got = parse_algorithms("choco[fraction=0.05,gamma=0.5],dpsgd")
     assert got[0] == ("choco-fraction0p05-gamma0p5", "choco", ["fraction=0.05", "gamma=0.5"])
     assert got[1][0] == "dpsgd"
+    # a dotted key is a per-variant setting of the whole config, labelled by its last part
+    got = parse_algorithms("swift[train.lr=0.1],adpsgd[fanout=2,train.lr=0.2]")
+    assert [g[0] for g in got] == ["swift-lr0p1", "adpsgd-fanout2-lr0p2"]
     with pytest.raises(ConfigError):
         parse_algorithms("swift,swift")
     with pytest.raises(ConfigError):
@@ -34,6 +37,10 @@ def test_variant_keeps_only_keys_the_algorithm_accepts() -> None:
     assert div.algorithm.fragments == 2 and div.algorithm.fanout == 3
     with pytest.raises(ConfigError, match="unknown algorithm"):
         variant_config(raw, "nope", [])
+    tuned = variant_config({**raw, "train": {"lr": 0.05}}, "swift", ["train.lr=0.1", "fanout=2"])
+    assert tuned.train.lr == 0.1 and tuned.algorithm.fanout == 2
+    with pytest.raises(ConfigError, match="nope"):
+        variant_config(raw, "swift", ["train.nope=1"])
 
 
 def test_compare_runs_each_variant_and_writes_ratios(tmp_path: Path) -> None:

@@ -98,10 +98,10 @@ CLAIMS = [
         "(the same claim)",
         1 / (1 - 0.095),
         "MovieLens, 7/60 stragglers, the artifact's protocol, "
-        "lr 0.5 (tuned here), final test loss against adpsgd",
+        "lr tuned per algorithm, final test loss against adpsgd",
         "divshare-movielens-s7-tuned",
-        "divshare",
-        "adpsgd",
+        "divshare-lr0p2",
+        "adpsgd-lr0p2",
         "final_loss",
     ),
     Claim(
@@ -109,10 +109,10 @@ CLAIMS = [
         "(the same claim)",
         1 / (1 - 0.095),
         "MovieLens, 7/60 stragglers, the artifact's protocol, "
-        "lr 0.5 (tuned here), final test loss against swift",
+        "lr tuned per algorithm, final test loss against swift",
         "divshare-movielens-s7-tuned",
-        "divshare",
-        "swift",
+        "divshare-lr0p2",
+        "swift-lr0p1",
         "final_loss",
     ),
     Claim(

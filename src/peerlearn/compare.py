@@ -58,9 +58,7 @@ def parse_algorithms(spec: str) -> list[tuple[str, str, list[str]]]:
         # parameters are separated by ';' or ',' (commas inside brackets do not split variants)
         raw_params = re.split(r"[;,]", m.group(2) or "")
         name, params = m.group(1), [p.strip() for p in raw_params if p.strip()]
-        label = name + "".join(
-            "-" + p.replace("=", "").replace(".", "p").replace(" ", "") for p in params
-        )
+        label = name + "".join("-" + _label_part(p) for p in params)
         out.append((label, name, params))
     labels = [e[0] for e in out]
     if len(set(labels)) != len(labels):
@@ -68,10 +66,24 @@ def parse_algorithms(spec: str) -> list[tuple[str, str, list[str]]]:
     return out
 
 
+def _is_config_key(param: str) -> bool:
+    """``train.lr=0.1``: a dotted key of the whole config (a per-variant setting, e.g. a learning
+    rate tuned for each algorithm); ``fragments=2``: a key of ``[algorithm]``."""
+    return "." in param.split("=", 1)[0]
+
+
+def _label_part(param: str) -> str:
+    """``fragments=2`` -> ``fragments2``; ``train.lr=0.1`` -> ``lr0p1`` (the key's last part)."""
+    key, _, value = param.partition("=")
+    key = key.strip().rsplit(".", 1)[-1]
+    return (key + value).replace(".", "p").replace(" ", "")
+
+
 def variant_config(raw: dict[str, Any], name: str, params: list[str]) -> ExperimentConfig:
     # an unknown name is left for the normal validation's one-line unknown-algorithm error
     section, _ = carry_algorithm(raw.get("algorithm") or {}, name)
-    cfg_raw = apply_overrides({**raw, "algorithm": section}, [f"algorithm.{p}" for p in params])
+    overrides = [p if _is_config_key(p) else f"algorithm.{p}" for p in params]
+    cfg_raw = apply_overrides({**raw, "algorithm": section}, overrides)
     return validate(cfg_raw)
 
 
