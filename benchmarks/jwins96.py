@@ -49,14 +49,17 @@ def cost(args) -> dict:
         cfg = _cfg(args.config, [*algo, f"stop.iterations={args.rounds}", *extra])
         t0 = time.perf_counter()
         setup = build_setup(cfg)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         sim = Simulator(setup)
         sim.run()
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         evals = len({r[0] for r in sim.recorder.rows if r[3] == "test_acc_mean"})
         out[label] = {
             "setup_s": t1 - t0,
             "run_s": t2 - t1,
+            # CPU seconds of this process: what the run costs without the other processes'
+            # competition for the core (wall time includes waiting for it)
+            "run_cpu_s": c2 - c1,
             "eval_s": sim.eval_wall,
             "evaluations": evals,
             "per_round_s": (t2 - t1 - sim.eval_wall) / args.rounds,
@@ -100,7 +103,8 @@ def _per_sample(ev: BatchedEvaluator, params: torch.Tensor) -> tuple[np.ndarray,
 def error(args) -> dict:
     torch.set_num_threads(1)
     extra = [f"stop.iterations={args.rounds}", f"eval.every_iterations={args.every}"]
-    full_cfg = _cfg(args.config, [*extra, "eval.nodes=96", "eval.test_samples=1000000"])
+    nodes = load_config(args.config).nodes
+    full_cfg = _cfg(args.config, [*extra, f"eval.nodes={nodes}", "eval.test_samples=1000000000"])
     # the config's own subsets (its eval.nodes / eval.test_samples, drawn from its seed)
     own = build_setup(_cfg(args.config, extra))
     setup = build_setup(full_cfg)
