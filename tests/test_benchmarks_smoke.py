@@ -124,6 +124,7 @@ def test_every_benchmark_script_has_a_smoke_run() -> None:
     # common.py is no script: the helpers every run above imports
     covered = set(CASES) | {"node_receive.py", "codec_time.py", "gpu_variants.py", "common.py"}
     covered |= {"w1.py"}  # test_w1_benchmark_runs, where CIFAR-10 is on PEERLEARN_DATA
+    covered |= {"jwins96.py"}  # tests/test_jwins96_bench.py
     assert {p.name for p in BENCH.glob("*.py")} <= covered
 
 

@@ -63,6 +63,9 @@ EXTRA = {
     "swift": ["eval.log_messages=true"],
     # committed messages outlive flushes (sim/send_buffer.py)
     "divshare+buffer": ["network.send_buffer=600", "network.send_buffer_frames=1"],
+    # the fair-comparison wire variants (docs/reproduction_jwins.md §8b): their payloads resume
+    "dpsgd+fpzip": ["algorithm.float_codec=auto"],
+    "choco+reference": ["algorithm.wire=reference"],
 }
 
 
@@ -95,7 +98,9 @@ def _csv(rows_of: Simulator, path: Path) -> bytes:
     return path.read_bytes()
 
 
-@pytest.mark.parametrize("algorithm", [*ALGORITHMS, "divshare+buffer"])
+@pytest.mark.parametrize(
+    "algorithm", [*ALGORITHMS, "divshare+buffer", "dpsgd+fpzip", "choco+reference"]
+)
 def test_stop_save_load_continue_gives_identical_metrics(algorithm: str, tmp_path: Path) -> None:
     cfg = tiny(algorithm)
     ref = Simulator(build_setup(cfg))

@@ -22,7 +22,7 @@ from peerlearn.codecs.floats import (
 )
 from peerlearn.codecs.partial import PartialPayload
 from peerlearn.codecs.seedmask import SeedMaskVector, bernoulli_mask, mask_indices
-from peerlearn.codecs.sparse import SparseVector
+from peerlearn.codecs.sparse import SparseVector, SparseVector64
 
 FAST = settings(max_examples=60, deadline=None)
 needs_fpzip = pytest.mark.skipif(not fpzip_available(), reason="fpzip not installed")
@@ -161,6 +161,16 @@ def test_sparse_vector_round_trip(data) -> None:
     assert p.data_bytes == 4 * idx.size and p.meta_bytes == 8 + 4 * idx.size
     q = SparseVector.decode(buf)
     assert q.degree == degree and np.array_equal(q.indices, idx) and same_bits(q.values, vals)
+    wide = SparseVector64(idx, vals, degree)  # the reference CHOCO's int64 indices
+    buf = wide.encode()
+    assert len(buf) == wide.nbytes == 8 + 12 * idx.size
+    assert wide.data_bytes == 4 * idx.size and wide.meta_bytes == 8 + 8 * idx.size
+    q = SparseVector64.decode(buf)
+    assert type(q) is SparseVector64 and q.degree == degree
+    assert np.array_equal(q.indices, idx) and same_bits(q.values, vals)
+    if idx.size:  # the widths are not interchangeable
+        with pytest.raises(ValueError):
+            SparseVector.decode(buf)
 
 
 @FAST

@@ -15,7 +15,7 @@ from peerlearn.codecs.fragment import FragmentPayload
 from peerlearn.codecs.message import HEADER, HEADER_BYTES, MAGIC, WIRE_VERSION, Message
 from peerlearn.codecs.partial import PartialPayload
 from peerlearn.codecs.seedmask import SeedMaskVector
-from peerlearn.codecs.sparse import SparseVector
+from peerlearn.codecs.sparse import SparseVector, SparseVector64
 from peerlearn.deploy.process import parse_hosts, parse_ids
 from peerlearn.deploy.wire import (
     WireError,
@@ -46,6 +46,7 @@ def payloads():
         "partial": PartialPayload(x[idx], idx, 2, RAW),
         "partial_full": PartialPayload(x, None, 2, RAW),
         "sparse": SparseVector(idx, x[idx], 5),
+        "sparse64": SparseVector64(idx, x[idx], 5),
         "seedmask": SeedMaskVector.of(x, seed=12345, fraction=0.3, degree=1),
     }
 

@@ -14,7 +14,7 @@ from peerlearn.codecs.fragment import FragmentPayload
 from peerlearn.codecs.message import PayloadError
 from peerlearn.codecs.partial import PartialPayload
 from peerlearn.codecs.seedmask import SeedMaskVector
-from peerlearn.codecs.sparse import SparseVector
+from peerlearn.codecs.sparse import SparseVector, SparseVector64
 from peerlearn.components import register_message_kind, register_payload
 
 
@@ -92,6 +92,13 @@ register_payload(
     wire_id=4,
     check=_check_sparse,
     description="raw int32 indices and float32 values (CHOCO)",
+)
+register_payload(
+    "sparse64",
+    SparseVector64,
+    wire_id=6,
+    check=_check_sparse,
+    description="raw int64 indices and float32 values (CHOCO at the reference's wire cost)",
 )
 register_payload(
     "seedmask",

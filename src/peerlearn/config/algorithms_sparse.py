@@ -69,6 +69,16 @@ class ChocoConfig(Section):
     # false: raw int32 indices + float32 values; true: Elias-gamma indices + float codec
     compress: bool = False
     float_codec: Literal["auto", "fpzip", "raw"] = "auto"
+    # unset (= "int32"): exactly round(fraction * N) coordinates, int32 indices. "reference": as
+    # decentralizepy's Choco.py: TopK keeps every coordinate tied with the k-th largest |q| (it
+    # may send more than k), and uncompressed indices travel as int64 (12 bytes per coordinate).
+    # "int32" is stored as unset, so configs that never name the key keep their dumps and hashes.
+    wire: Literal["int32", "reference"] | None = None
+
+    @field_validator("wire")
+    @classmethod
+    def _int32_is_unset(cls, value: str | None) -> str | None:
+        return None if value == "int32" else value
 
 
 SPARSE_ALGORITHMS = (JWINSConfig, TopKConfig, SubsamplingConfig, ChocoConfig)
@@ -113,7 +123,7 @@ register_algorithm(
     "choco",
     config=ChocoConfig,
     protocol="peerlearn.protocols.choco:Choco",
-    payloads=("sparse", "partial"),
+    payloads=("sparse", "partial", "sparse64"),
     synchronous=True,
     description="CHOCO-SGD: TopK-compressed differences to public copies, consensus step gamma",
 )

@@ -278,7 +278,7 @@ class DeployConfig(Section):
     nodes_per_process: PosInt | None = None
     # interface to bind (None: the node's own address; "*" for every interface)
     bind: str | None = None
-    # frames above this are dropped unread (None: room for 8 bytes per model coordinate)
+    # frames above this are dropped unread (None: room for 12 bytes per model coordinate)
     max_message_bytes: PosInt | None = None
     # per-peer outgoing messages waiting in the process; beyond it the oldest is dropped
     max_queue: PosInt = 10_000

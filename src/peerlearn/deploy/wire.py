@@ -87,8 +87,9 @@ class WireError(ValueError):
 
 
 def default_max_bytes(numel: int) -> int:
-    """Room for the largest honest message: 8 bytes per coordinate (sparse) plus headers."""
-    return HEADER_BYTES + 8 * numel + 4096
+    """Room for the largest honest message: 12 bytes per coordinate (a sparse payload with int64
+    indices holding them all) plus headers."""
+    return HEADER_BYTES + 12 * numel + 4096
 
 
 def encode_message(msg: Message) -> bytes:

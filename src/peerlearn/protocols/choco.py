@@ -12,6 +12,10 @@ Only differences travel, and the error x - x_hat is carried over instead of lost
 lets CHOCO converge with aggressive compression. With fraction 1 (identity compressor) and
 gamma = 1 this is D-PSGD. The weights must be fixed and symmetric (a static topology), or s
 drifts away from the true weighted sum. See ``docs/algorithms_sparse.md`` for gamma.
+
+``wire = "reference"`` reproduces what decentralizepy's CHOCO puts on the wire: its TopK keeps
+every coordinate whose |q| equals the k-th largest (``top_k_with_ties``), and its indices are
+int64 (``SparseVector64``). The default keeps exactly k and sends int32 indices.
 """
 
 from __future__ import annotations
@@ -21,10 +25,26 @@ import numpy as np
 from peerlearn.codecs.floats import float_codec
 from peerlearn.codecs.message import Payload
 from peerlearn.codecs.partial import PartialPayload
-from peerlearn.codecs.sparse import SparseVector
+from peerlearn.codecs.sparse import SparseVector, SparseVector64
 from peerlearn.protocols.base import Action, Record, default_params
 from peerlearn.protocols.rounds import SyncRounds
 from peerlearn.protocols.sparse import top_k_indices
+
+
+def top_k_with_ties(scores: np.ndarray, k: int) -> np.ndarray:
+    """Sorted indices of every score >= the k-th largest score: the reference CHOCO's TopK.
+
+    decentralizepy takes t = the k-th largest |q| (``torch.kthvalue`` of -|q|) and zeroes the
+    coordinates with |q| < t, so every coordinate tied with t survives: more than k come back
+    when several scores equal t, never fewer. k = round(fraction * N) <= 0 skips the
+    sparsification there, so everything is kept (the caller then drops exact zeros, as the
+    reference's ``nonzero()`` does).
+    """
+    size = scores.size
+    if k <= 0 or k >= size:
+        return np.arange(size, dtype=np.int64)
+    threshold = np.partition(scores, size - k)[size - k]
+    return np.flatnonzero(scores >= threshold).astype(np.int64)
 
 
 class Choco(SyncRounds):
@@ -36,6 +56,7 @@ class Choco(SyncRounds):
         super().__init__(ctx, params, local_steps=local_steps, max_iterations=max_iterations)
         self.n = int(ctx.model.numel())
         self.codec = float_codec(params.float_codec) if params.compress else None
+        self.reference = params.wire == "reference"
         self.x_hat = np.zeros(self.n, dtype=np.float32)
         self.s = np.zeros(self.n, dtype=np.float32)
         self.q: tuple[np.ndarray, np.ndarray] | None = None  # own (indices, values) this round
@@ -54,7 +75,9 @@ class Choco(SyncRounds):
 
     def make_payload(self) -> tuple[Payload, list[Action]]:
         diff = self.model_array() - self.x_hat
-        if self.params.fraction >= 1:
+        if self.reference:
+            idx = top_k_with_ties(np.abs(diff), round(self.params.fraction * self.n))
+        elif self.params.fraction >= 1:
             idx = np.arange(self.n, dtype=np.int64)
         else:
             idx = top_k_indices(np.abs(diff), round(self.params.fraction * self.n))
@@ -63,7 +86,8 @@ class Choco(SyncRounds):
         self.q = (idx, values)
         payload: Payload
         if self.codec is None:
-            payload = SparseVector(idx, values, self.degree)
+            sparse = SparseVector64 if self.reference else SparseVector
+            payload = sparse(idx, values, self.degree)
         else:
             payload = PartialPayload(values, idx, self.degree, self.codec)
         return payload, [Record("sent_fraction", idx.size / self.n)]
