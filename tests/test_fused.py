@@ -12,6 +12,8 @@ from peerlearn.compute import BatchedEvaluator, BatchedTrainer, TrainJob, fused
 from peerlearn.config import load_config
 from peerlearn.config.load import dump_config
 from peerlearn.models import build_model
+from peerlearn.runner import run_experiment
+from tests.conftest import small
 
 
 @pytest.fixture
@@ -61,13 +63,16 @@ def test_kernel_keeps_nan(kernel) -> None:
     assert not out[1].isnan().any()
 
 
-def test_missing_compiler_falls_back_with_one_warning(monkeypatch, tmp_path) -> None:
-    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+@pytest.mark.parametrize("compiler", ["no-such-compiler", "false"])  # missing; fails
+def test_missing_compiler_falls_back_with_one_warning(monkeypatch, tmp_path, compiler) -> None:
+    if compiler == "no-such-compiler":
+        compiler = str(tmp_path / compiler)
+    monkeypatch.setenv("CXX", compiler)
     monkeypatch.setenv("PEERLEARN_KERNEL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(fused, "_lib", None)
     monkeypatch.setattr(fused, "_tried", False)
     spec = build_model("gn_lenet", input_shape=(3, 16, 16), num_classes=10, info={}, seed=1)
-    with pytest.warns(RuntimeWarning, match="no-such-compiler"):
+    with pytest.warns(RuntimeWarning, match="cannot build the fused GroupNorm kernel"):
         assert fused.load() is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the second time: no warning
@@ -124,3 +129,17 @@ def test_config_key_is_omitted_from_the_dump_at_its_default() -> None:
     assert "fused" not in dump_config(default)
     on = load_config(None, ["compute.fused=true"])
     assert "fused = true" in dump_config(on)
+
+
+def test_summary_records_the_setting(tmp_path) -> None:
+    """``summary.json`` says when compute.fused was asked for; a model without a fused path
+    (the MLP here) warns and runs unchanged."""
+    plain = run_experiment(small(), tmp_path / "plain", quiet=True, plots=False)
+    with pytest.warns(RuntimeWarning, match="no fused path"):
+        asked = run_experiment(
+            small("compute.fused=true"), tmp_path / "fused", quiet=True, plots=False
+        )
+    assert "fused" not in plain.summary["compute"]
+    assert asked.summary["compute"]["fused"] is True
+    assert asked.summary["compute"]["fused_kernel"] == fused.kernel_loaded()
+    assert asked.recorder.rows == plain.recorder.rows  # the MLP's numbers do not change

@@ -42,6 +42,7 @@ _lib: ctypes.CDLL | None = None
 _tried = False
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
+_pool_pid = 0
 
 
 def _cpu_flags() -> str:
@@ -125,22 +126,16 @@ def kernel_loaded() -> bool:
     return _lib is not None
 
 
-def _reset_for_tests() -> None:
-    """Forget the loaded library and the warning (tests load it under another compiler)."""
-    global _lib, _tried
-    _lib, _tried = None, False
-
-
 def _run_tasks(fn, args: tuple, tasks: int) -> None:
     """``fn(*args, t0, t1)`` for ``tasks`` (samples), one contiguous range per thread."""
-    global _pool, _pool_size
+    global _pool, _pool_size, _pool_pid
     threads = max(1, min(torch.get_num_threads(), tasks))
     if threads == 1:
         fn(*args, 0, tasks)
         return
-    if _pool is None or _pool_size < threads:
+    if _pool is None or _pool_size < threads or _pool_pid != os.getpid():  # none after a fork
         _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="peerlearn-fused")
-        _pool_size = threads
+        _pool_size, _pool_pid = threads, os.getpid()
     bounds = [tasks * i // threads for i in range(threads + 1)]
     futures = [_pool.submit(fn, *args, bounds[i], bounds[i + 1]) for i in range(1, threads)]
     fn(*args, bounds[0], bounds[1])  # this thread takes the first share
