@@ -60,9 +60,9 @@ def default_node_chunk(spec: ModelSpec, one_sample: torch.Tensor, device: torch.
     if device.type != "cpu":
         return 16
     if getattr(spec.module, "fused_block", None) is not None:
-        # compute.fused: with the normalization fused, the convolutions are most of the time and
-        # 4 models per call (one dense first convolution with 4 x 32 filters) ran 1.06x faster
-        # than 1 and 1.22x faster than 8 (benchmarks/fused_speed.py --node-chunks, one thread)
+        # compute.fused: the convolutions are then most of the time, and 2-4 models per call
+        # (one dense first convolution with 2-4 x 32 filters) ran 1.00-1.06x the rate of 1 and
+        # 8 ran 0.86x (benchmarks/fused_speed.py --node-chunks, one thread, two runs)
         return FUSED_NODE_CHUNK
     from torch.utils.flop_counter import FlopCounterMode
 
