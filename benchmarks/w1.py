@@ -154,6 +154,8 @@ def main() -> None:
         "floor_s": floor,
         "ratio": result.wall_time_s / floor,
         "usage": run_usage,
+        # the process's peak resident set (Linux reports KiB)
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "test_acc_mean": final_metrics(sim.recorder).get("test_acc_mean"),
         "load_average": os.getloadavg(),
     }
@@ -168,7 +170,8 @@ def main() -> None:
         f"wall / floor {out['ratio']:.2f}x\n"
         f"final mean test accuracy {out['test_acc_mean']}\n"
         f"CPU: user {run_usage['user_s']:.1f} s, system {run_usage['sys_s']:.1f} s, "
-        f"minor page faults {run_usage['minor_faults']:,.0f}\n"
+        f"minor page faults {run_usage['minor_faults']:,.0f}, "
+        f"peak resident {out['max_rss_mb']:,.0f} MB\n"
         f"load average {os.getloadavg()}",
         flush=True,
     )
