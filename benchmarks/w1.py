@@ -33,6 +33,7 @@ import torch
 from common import gn_lenet_flops, matmul_flops
 from peerlearn.config import load_config
 from peerlearn.experiment import build_setup
+from peerlearn.results.summary import final_metrics
 from peerlearn.sim.engine import Simulator
 
 NODES, BATCH, STEPS = 16, 8, 3
@@ -118,7 +119,9 @@ def main() -> None:
     args = p.parse_args()
 
     cfg = load_config(None, [*config(args.rounds, args.test_samples, args.data), *args.set])
-    sim = Simulator(build_setup(cfg))
+    t_setup = time.perf_counter()
+    sim = Simulator(build_setup(cfg))  # with compute.fused: builds or loads the kernel
+    setup_s = time.perf_counter() - t_setup
     threads = torch.get_num_threads()
     peak = matmul_flops(1024)  # at the thread count the run uses
     u0 = usage()
@@ -138,6 +141,8 @@ def main() -> None:
         "iterations_mean": float(result.iterations.mean()),
         "test_samples": n_test,
         "threads": threads,
+        "fused": cfg.compute.fused,
+        "setup_s": setup_s,
         "wall_s": result.wall_time_s,
         "train_s": result.train_wall_s,
         "eval_s": result.eval_wall_s,
@@ -149,18 +154,24 @@ def main() -> None:
         "floor_s": floor,
         "ratio": result.wall_time_s / floor,
         "usage": run_usage,
+        # the process's peak resident set (Linux reports KiB)
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "test_acc_mean": final_metrics(sim.recorder).get("test_acc_mean"),
         "load_average": os.getloadavg(),
     }
     print(
         f"W1, {args.rounds} rounds ({out['iterations_mean']:.0f} per node), {n_test} test images,"
-        f" {threads} threads\n"
+        f" {threads} threads, compute.fused = {str(cfg.compute.fused).lower()}\n"
+        f"setup {setup_s:.1f} s (data, model, the fused kernel's build or load; not in wall)\n"
         f"wall {result.wall_time_s:.1f} s = training {result.train_wall_s:.1f} + evaluation "
         f"{result.eval_wall_s:.1f} ({result.eval_models} models) + engine {engine:.1f}\n"
         f"FLOPs: training {train_flops / 1e9:.0f} G + evaluation {eval_flops / 1e9:.0f} G at "
         f"{peak / 1e9:.1f} GFLOP/s (1024 matmul, this run) -> floor {floor:.1f} s; "
         f"wall / floor {out['ratio']:.2f}x\n"
+        f"final mean test accuracy {out['test_acc_mean']}\n"
         f"CPU: user {run_usage['user_s']:.1f} s, system {run_usage['sys_s']:.1f} s, "
-        f"minor page faults {run_usage['minor_faults']:,.0f}\n"
+        f"minor page faults {run_usage['minor_faults']:,.0f}, "
+        f"peak resident {out['max_rss_mb']:,.0f} MB\n"
         f"load average {os.getloadavg()}",
         flush=True,
     )

@@ -125,7 +125,22 @@ def test_every_benchmark_script_has_a_smoke_run() -> None:
     covered = set(CASES) | {"node_receive.py", "codec_time.py", "gpu_variants.py", "common.py"}
     covered |= {"w1.py"}  # test_w1_benchmark_runs, where CIFAR-10 is on PEERLEARN_DATA
     covered |= {"jwins96.py"}  # tests/test_jwins96_bench.py
+    covered |= {"fused_speed.py"}  # test_fused_speed_benchmark_runs, where a compiler is
     assert {p.name for p in BENCH.glob("*.py")} <= covered
+
+
+def test_fused_speed_benchmark_runs(tmp_path: Path) -> None:
+    from peerlearn.compute import fused
+
+    if fused.load() is None:
+        pytest.skip("no C++ compiler: no fused kernel to time")
+    out = tmp_path / "fused.json"
+    args = ["--jobs", "2", "--calls", "1", "--test", "32", "--repeats", "1", "--threads", "1"]
+    args += ["--eval-batches", "16", "--node-chunks", "2", "--layouts", "--cpu-time"]
+    cmd = [sys.executable, str(BENCH / "fused_speed.py"), *args, "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["train fused / default"] > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

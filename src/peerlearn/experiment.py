@@ -19,6 +19,7 @@ import torch
 from peerlearn.components import MODELS
 from peerlearn.compute import budget
 from peerlearn.compute.cost_model import compute_factors
+from peerlearn.compute.fused import fused_spec
 from peerlearn.compute.sampler import MinibatchStream
 from peerlearn.config.load import ConfigError
 from peerlearn.config.schema import ExperimentConfig, ModelConfig, NetworkConfig, TopologyConfig
@@ -202,6 +203,8 @@ def build_setup(cfg: ExperimentConfig) -> Setup:
             factors=cfg.model.factors,
             **own_keys(cfg.model, ModelConfig),
         )
+    if cfg.compute.fused:  # an opt-in kernel that changes float rounding (compute/fused.py)
+        model = fused_spec(model)
     fragments = getattr(cfg.algorithm, "fragments", None)
     if fragments is not None and fragments > model.layout.numel:
         raise ConfigError(

@@ -45,6 +45,9 @@ def distinct_rows(params: torch.Tensor) -> tuple[list[int], torch.Tensor]:
     return first, inverse
 
 
+FUSED_NODE_CHUNK = 2
+
+
 def default_node_chunk(spec: ModelSpec, one_sample: torch.Tensor, device: torch.device) -> int:
     """Nodes per batched forward when the caller does not say.
 
@@ -56,6 +59,12 @@ def default_node_chunk(spec: ModelSpec, one_sample: torch.Tensor, device: torch.
     """
     if device.type != "cpu":
         return 16
+    if getattr(spec.module, "fused_block", None) is not None:
+        # compute.fused: the convolutions are then most of the time, and 2 models per call
+        # (one dense first convolution with 2 x 32 filters) ran 1.04-1.05x the rate of 1 in two
+        # runs, 4 1.00-1.06x, 8 0.86x (benchmarks/fused_speed.py --node-chunks, one thread);
+        # 2 rather than 4: a short W1 on two threads peaked at 1.70 GB instead of 1.92 GB
+        return FUSED_NODE_CHUNK
     from torch.utils.flop_counter import FlopCounterMode
 
     try:

@@ -170,6 +170,7 @@ def _load_plugins_of(raw: dict[str, Any], overrides: list[str]) -> None:
 #: finished runs (matched by the hash of that text) and checkpoints (its digest) made before the
 #: keys existed are still recognised. Loading fills the defaults back in.
 OMITTED_AT_DEFAULT = (
+    "compute.fused",
     "network.send_buffer",
     "topology.dynamic",
     "dynamics",

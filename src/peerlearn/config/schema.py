@@ -163,6 +163,10 @@ class ComputeConfig(Section):
     # intra-op threads: "auto" (1 for small models, else the cores this process may use; never
     # above torch's thread count as the caller left it), or a number (docs/performance.md)
     threads: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
+    # CPU: GN-LeNet's GroupNorm, max pooling and ReLU as one compiled kernel (compute/fused.py;
+    # needs a C++ compiler, else a warning and the torch ops). Faster; equal to the default up
+    # to float rounding only, so off by default
+    fused: bool = False
 
 
 class NetworkConfig(Section):

@@ -33,6 +33,10 @@ class GNLeNet(nn.Module):
     small, non-IID local batches, which is why DL papers (DivShare, JWINS) use it.
     """
 
+    # compute.fused: a function (h, groups, gamma, beta, eps) -> relu(max_pool2d(group_norm(h)))
+    # that replaces those three ops in the batched hooks (compute/fused.py sets it on a copy)
+    fused_block: Callable[..., torch.Tensor] | None = None
+
     def __init__(self, in_channels: int, height: int, width: int, num_classes: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 32, 5, padding=2)
@@ -78,11 +82,15 @@ class GNLeNet(nn.Module):
             w = w.reshape(j * w.shape[1], *w.shape[2:])
             groups = first_groups if k == 1 else j
             h = F.conv2d(h, w, p[f"conv{k}.bias"].reshape(-1), padding=2, groups=groups)
-            norm_groups = getattr(self, f"gn{k}").num_groups * j
+            gn = getattr(self, f"gn{k}")
+            norm_groups = gn.num_groups * j
             gamma, beta = p[f"gn{k}.weight"].reshape(-1), p[f"gn{k}.bias"].reshape(-1)
+            if self.fused_block is not None:
+                h = self.fused_block(h, norm_groups, gamma, beta, gn.eps)
+                continue
             # ReLU after the pooling: max and ReLU commute exactly (values and gradients), and
             # ReLU then touches a quarter of the elements
-            h = F.relu(F.max_pool2d(F.group_norm(h, norm_groups, gamma, beta), 2))
+            h = F.relu(F.max_pool2d(F.group_norm(h, norm_groups, gamma, beta, gn.eps), 2))
         h = h.reshape(b, j, -1).transpose(0, 1)  # (J, B, features), each model's flatten order
         return torch.baddbmm(p["fc.bias"].unsqueeze(1), h, p["fc.weight"].transpose(1, 2))
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 import peerlearn
+from peerlearn.compute.fused import kernel_loaded
 from peerlearn.results.metrics import ALL_NODES, MetricsRecorder
 
 
@@ -119,6 +120,7 @@ def build_summary(
             "threads_setting": cfg.compute.threads,
             "threads": result.threads,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            **({"fused": True, "fused_kernel": kernel_loaded()} if cfg.compute.fused else {}),
         },
         "versions": {
             "peerlearn": peerlearn.__version__,

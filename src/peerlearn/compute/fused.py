@@ -1,0 +1,216 @@
+"""GroupNorm -> max pooling -> ReLU fused into one kernel on the CPU (``compute.fused``).
+
+On this kind of CPU GN-LeNet's convolutions run near the float32 matmul rate, but the work
+between them (GroupNorm, 2x2 max pooling, ReLU) streams every activation through memory several
+times and took ~40% of evaluation and ~45% of training time (docs/performance.md, issue 16). The
+kernel in ``gn_pool_relu.cpp`` reads a convolution's output once for the group statistics and
+once, from the cache, to normalize, pool and clip it; its backward likewise makes two passes and
+writes the input gradient once, with no index tensor and no zero-filled buffer.
+
+It sums in another order than PyTorch's GroupNorm, so results match the default path only to
+float rounding: opt in with ``compute.fused = true``. The kernel is compiled with the C++
+compiler (``$CXX``, else ``c++``) at first use and cached (``$PEERLEARN_KERNEL_CACHE``, else
+``~/.cache/peerlearn/kernels``) under a hash of its source, the flags, the compiler and the
+CPU's feature flags; without a compiler, ``load()`` warns once and returns None, and GN-LeNet
+runs its ordinary torch ops. Work is split across ``torch.get_num_threads()`` Python threads
+(ctypes releases the GIL during the call).
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from peerlearn.models.spec import ModelSpec
+
+SOURCE = Path(__file__).with_name("gn_pool_relu.cpp")
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC")
+
+_lib: ctypes.CDLL | None = None
+_tried = False
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_pid = 0
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return os.uname().machine
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("PEERLEARN_KERNEL_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "peerlearn" / "kernels"
+
+
+def _compile(compiler: str) -> Path:
+    """The shared library, compiled now unless a matching one is cached (OSError, CalledProcess
+    error or FileNotFoundError when the compiler is missing or fails)."""
+    exe = shutil.which(compiler)
+    if exe is None:
+        raise FileNotFoundError(f"C++ compiler {compiler!r} not found")
+    version = subprocess.run(
+        [exe, "--version"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    key = hashlib.sha256(
+        "\0".join([SOURCE.read_text(), *FLAGS, version, _cpu_flags()]).encode()
+    ).hexdigest()[:16]
+    target = _cache_dir() / f"gn_pool_relu-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # compile to a temporary name, then rename: concurrent runs never load a half-written file
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run(
+            [exe, *FLAGS, str(SOURCE), "-o", tmp],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        )
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled kernels, or None (with one warning per process) where they cannot be built."""
+    global _lib, _tried
+    if _tried:
+        return _lib
+    _tried = True
+    compiler = os.environ.get("CXX") or "c++"
+    try:
+        lib = ctypes.CDLL(str(_compile(compiler)))
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", None) or e
+        warnings.warn(
+            f"compute.fused: cannot build the fused GroupNorm kernel with {compiler!r} "
+            f"({str(detail).strip().splitlines()[-1] if str(detail).strip() else e!r}); "
+            "using the unfused torch ops",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.gnpr_forward.argtypes = [ptr] * 8 + [i64] * 4 + [ctypes.c_double, i64, i64]
+    lib.gnpr_backward.argtypes = [ptr] * 10 + [i64] * 4 + [i64, i64]
+    lib.gnpr_forward.restype = lib.gnpr_backward.restype = None
+    _lib = lib
+    return lib
+
+
+def kernel_loaded() -> bool:
+    """Whether this process has the kernel (``summary.json``: ``compute.fused_kernel``)."""
+    return _lib is not None
+
+
+def _run_tasks(fn, args: tuple, tasks: int) -> None:
+    """``fn(*args, t0, t1)`` for ``tasks`` (samples), one contiguous range per thread."""
+    global _pool, _pool_size, _pool_pid
+    threads = max(1, min(torch.get_num_threads(), tasks))
+    if threads == 1:
+        fn(*args, 0, tasks)
+        return
+    if _pool is None or _pool_size < threads or _pool_pid != os.getpid():  # none after a fork
+        _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="peerlearn-fused")
+        _pool_size, _pool_pid = threads, os.getpid()
+    bounds = [tasks * i // threads for i in range(threads + 1)]
+    futures = [_pool.submit(fn, *args, bounds[i], bounds[i + 1]) for i in range(1, threads)]
+    fn(*args, bounds[0], bounds[1])  # this thread takes the first share
+    for f in futures:
+        f.result()
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+class GroupNormPoolReLU(torch.autograd.Function):
+    """``relu(max_pool2d(group_norm(h, groups, gamma, beta, eps), 2))`` for a channels-last
+    float32 ``h`` (N, C, H, W) on the CPU, with the kernels of ``load()``."""
+
+    @staticmethod
+    def forward(ctx, h, gamma, beta, groups: int, eps: float):  # type: ignore[override]
+        lib = load()
+        assert lib is not None
+        n, c, hh, ww = h.shape
+        out = torch.empty(n, c, hh // 2, ww // 2, memory_format=torch.channels_last)
+        scale, shift = torch.empty(n, c), torch.empty(n, c)
+        mean, rstd = torch.empty(n, groups), torch.empty(n, groups)
+        gamma, beta = gamma.detach().contiguous(), beta.detach().contiguous()
+        args = (h, out, scale, shift, mean, rstd, gamma, beta)
+        _run_tasks(lib.gnpr_forward, (*map(_ptr, args), hh, ww, c, groups, float(eps)), n)
+        ctx.save_for_backward(h, gamma, scale, shift, mean, rstd)
+        ctx.groups = groups
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):  # type: ignore[override]
+        lib = load()
+        assert lib is not None
+        h, gamma, scale, shift, mean, rstd = ctx.saved_tensors
+        n, c, hh, ww = h.shape
+        gout = gout.contiguous(memory_format=torch.channels_last)
+        dx = torch.empty_like(h, memory_format=torch.channels_last)
+        dgamma, dbeta = torch.empty(n, c), torch.empty(n, c)
+        args = (h, gout, dx, dgamma, dbeta, scale, shift, mean, rstd, gamma)
+        _run_tasks(lib.gnpr_backward, (*map(_ptr, args), hh, ww, c, ctx.groups), n)
+        return dx, dgamma.sum(0), dbeta.sum(0), None, None
+
+
+def gn_pool_relu(
+    h: torch.Tensor, groups: int, gamma: torch.Tensor, beta: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
+    """The fused kernel where it applies (a 4-d channels-last float32 CPU tensor whose
+    channels split into ``groups``, the kernel loaded), else the same three torch ops."""
+    if (
+        h.device.type == "cpu"
+        and h.dtype == torch.float32
+        and h.dim() == 4
+        and h.shape[1] % groups == 0
+        and h.is_contiguous(memory_format=torch.channels_last)
+        and load() is not None
+    ):
+        return GroupNormPoolReLU.apply(h, gamma, beta, groups, eps)
+    return F.relu(F.max_pool2d(F.group_norm(h, groups, gamma, beta, eps), 2))
+
+
+def fused_spec(spec: ModelSpec) -> ModelSpec:
+    """``spec`` with the fused block in its batched hooks, for a module that takes one (it has a
+    ``fused_block`` attribute: GN-LeNet) when the kernel builds; else ``spec`` itself, with a
+    warning. The template module is not modified: the new spec holds a shallow copy that shares
+    its parameters."""
+    if not hasattr(spec.module, "fused_block"):
+        warnings.warn(
+            f"compute.fused: model {spec.name!r} has no fused path (only gn_lenet); ignored",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return spec
+    if load() is None:
+        return spec
+    module = copy.copy(spec.module)
+    module.fused_block = gn_pool_relu
+    return replace(spec, module=module, hooks=None)
