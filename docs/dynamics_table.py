@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from peerlearn.results.docblock import rewrite_block
 from peerlearn.results.stats import fmt_ci, fmt_ratio, fmt_target, mean_ci
 from peerlearn.sweep.evidence import aggregate_dir
 
@@ -67,8 +68,7 @@ def generate() -> str:
         cells = [*where[g], str(s["n"]), fmt_ci(s["final"]["test_acc_mean"])]
         cells += [fmt_target(s["time_to_target"][t], s["budget_s"]) for t in targets]
         cells.append(fmt_ratio(s["vs_baseline"]["speedup"][targets[0]]))
-        share = mean_ci(lost[g])
-        cells.append(f"{share['mean']:.0%}" if share["mean"] else "0%")
+        cells.append(f"{mean_ci(lost[g])['mean']:.0%}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join([*lines, "", END])
 
@@ -77,19 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="compare only; exit 1 on a difference")
     args = ap.parse_args(argv)
-    text = DOC.read_text()
-    if BEGIN not in text or END not in text:
-        print(f"{DOC}: the markers are missing", file=sys.stderr)
-        return 2
-    head, rest = text.split(BEGIN, 1)
-    new = head + generate() + rest.split(END, 1)[1]
-    if args.check:
-        if new != text:
-            print(f"{DOC} is out of date: run python docs/dynamics_table.py", file=sys.stderr)
-            return 1
-        return 0
-    DOC.write_text(new)
-    return 0
+    return rewrite_block(DOC, BEGIN, END, generate(), "docs/dynamics_table.py", args.check)
 
 
 if __name__ == "__main__":

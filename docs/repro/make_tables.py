@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peerlearn.results.docblock import rewrite_block
 from peerlearn.results.stats import fmt_ci, fmt_ratio, fmt_target, paired_ratio
 from peerlearn.sweep.evidence import aggregate_dir
 
@@ -286,19 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="compare only; exit 1 on a difference")
     args = ap.parse_args(argv)
-    text = DOC.read_text()
-    if BEGIN not in text or END not in text:
-        print(f"{DOC}: the markers {BEGIN!r} and {END!r} are missing", file=sys.stderr)
-        return 2
-    head, rest = text.split(BEGIN, 1)
-    new = head + generate() + rest.split(END, 1)[1]
-    if args.check:
-        if new != text:
-            print(f"{DOC} is out of date: run python docs/repro/make_tables.py", file=sys.stderr)
-            return 1
-        return 0
-    DOC.write_text(new)
-    return 0
+    return rewrite_block(DOC, BEGIN, END, generate(), "docs/repro/make_tables.py", args.check)
 
 
 if __name__ == "__main__":
