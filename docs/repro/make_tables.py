@@ -13,6 +13,7 @@ A sweep directory becomes evidence with ``peerlearn evidence SWEEP_DIR --out doc
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from dataclasses import dataclass
@@ -123,6 +124,7 @@ CLAIMS = [
 ]
 
 
+@functools.cache  # the verdicts and the run tables read the same directories
 def load(name: str) -> dict[str, Any] | None:
     d = DATA / name
     return aggregate_dir(d) if (d / "sweep.json").is_file() else None
@@ -199,14 +201,11 @@ def verdict_table() -> list[str]:
         "| paper | claim | setting here | our number (95 % CI, seeds) | verdict |",
         "|---|---|---|---|---|",
     ]
-    cache: dict[str, dict[str, Any] | None] = {}
     for c in CLAIMS:
         if c.evidence is None:
             rows.append(f"| {c.paper} | {c.text} | {c.setting} | not run | untested |")
             continue
-        if c.evidence not in cache:
-            cache[c.evidence] = load(c.evidence)
-        stats = cache[c.evidence]
+        stats = load(c.evidence)
         r, what = (None, "no evidence committed") if stats is None else ratio_of(c, stats)
         number = what if r is None else f"{what}: {fmt_ratio(r)} ({r['pairs']} seeds)"
         rows.append(f"| {c.paper} | {c.text} | {c.setting} | {number} | {verdict(c, r)} |")
