@@ -7,6 +7,11 @@ and touches it page by page: on the shared 2-core machine, evaluating 8 models o
 took 0.87 s of system time and 512,000 minor page faults next to 1.9 s of user time
 (docs/performance.md). Raising the mmap and trim thresholds lets those blocks come from the heap
 and be reused: no faults, no system time, the same numbers (allocation never changes values).
+
+This covers the main arena, where the calling thread allocates. Blocks torch allocates in its
+worker threads come from per-thread arenas, whose heaps glibc unmaps whole once they are empty,
+whatever the thresholds: on two threads an evaluation call now and then faults one such block in
+again (3,200 pages for a 13 MB activation, against 16,500 per call without this module).
 """
 
 from __future__ import annotations
