@@ -171,6 +171,7 @@ def _load_plugins_of(raw: dict[str, Any], overrides: list[str]) -> None:
 #: keys existed are still recognised. Loading fills the defaults back in.
 OMITTED_AT_DEFAULT = (
     "compute.fused",
+    "compute.spill_after_mb",
     "network.send_buffer",
     "topology.dynamic",
     "dynamics",

@@ -167,6 +167,10 @@ class ComputeConfig(Section):
     # needs a C++ compiler, else a warning and the torch ops). Faster; equal to the default up
     # to float rounding only, so off by default
     fused: bool = False
+    # simulator memory: once the messages waiting in the network exceed this many MB (as sent),
+    # the payloads of further sends wait in a temporary file under TMPDIR and are read back at
+    # delivery (sim/spill.py); results are the same bits whatever the value
+    spill_after_mb: Annotated[float, Field(ge=0)] = 4096.0
 
 
 class NetworkConfig(Section):

@@ -52,3 +52,5 @@ class RunResult:
     #: capacity traces and churn (docs/dynamics.md): messages and bytes lost to churn; None when
     #: the run had no dynamics
     churn: dict | None = None
+    #: payloads of queued messages the simulator kept in a file (sim/spill.py); None: none
+    spill: dict | None = None

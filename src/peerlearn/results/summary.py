@@ -115,6 +115,7 @@ def build_summary(
             "jobs_per_batch": jobs_per_batch,
             "virtual_s_per_wall_s": result.virtual_time_s / max(result.wall_time_s, 1e-9),
             "eval_models": result.eval_models,
+            **({"spilled": result.spill} if result.spill is not None else {}),
         },
         "compute": {
             "threads_setting": cfg.compute.threads,

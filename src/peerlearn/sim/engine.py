@@ -53,6 +53,7 @@ from peerlearn.sim.dynamics import SimDynamics, build_schedule
 from peerlearn.sim.events import EventQueue
 from peerlearn.sim.network import flow_network
 from peerlearn.sim.send_buffer import send_buffer_of
+from peerlearn.sim.spill import PayloadSpill, PendingMessages, SpilledPayload
 
 # event kinds in the queue (_DYN: the next capacity or availability change, sim/dynamics.py)
 _NODE, _DELIVER, _EVAL, _DYN = 0, 1, 2, 3
@@ -121,8 +122,10 @@ class Simulator:
         self.stop_time = cfg.stop.virtual_time_s if cfg.stop.virtual_time_s else math.inf
         self.protocols: list[Protocol] = [setup.protocol(i, self.models[i]) for i in range(self.n)]
         self.jobs: dict[int, _Job] = {}
-        # pending message id -> (message, (nbytes, data bytes, meta bytes)), sized once per payload
-        self.messages: dict[int, tuple[Message, tuple[int, int, int]]] = {}
+        # pending message id -> (message, (nbytes, data bytes, meta bytes)), sized once per payload;
+        # beyond compute.spill_after_mb of them, new payloads wait in a file (sim/spill.py)
+        self.messages = PendingMessages()
+        self.spill = PayloadSpill(cfg.compute.spill_after_mb * 1e6)
         self._next_msg_id = 0
         self.counters = ByteCounters(self.n)
         # Delivered bytes per node (delivered, data, meta, received) as Python ints, added to
@@ -188,6 +191,7 @@ class Simulator:
         finally:
             gc.set_threshold(*threshold)
             gc.unfreeze()
+            self.spill.close()  # what is still queued is never read again
         self._transmissions_done(self.net.advance_rounds(end))  # counted as sent, not delivered
         self.now = end
         if self.last_eval_time < end:
@@ -210,6 +214,7 @@ class Simulator:
             churn=self._churn_summary(),
             threads=self.threads,
             eval_models=self.evaluator.models_evaluated,
+            spill=self.spill.summary(),
         )
 
     def _loop(self) -> float:
@@ -284,6 +289,8 @@ class Simulator:
         last = len(ids) - 1
         for k, msg_id in enumerate(ids):
             msg, (nbytes, data, meta) = messages.pop(msg_id)
+            if type(msg.payload) is SpilledPayload:
+                msg.payload = self.spill.get(msg.payload)
             src, dst = msg.src, msg.dst
             delivered[src] += nbytes
             data_b[src] += data
@@ -372,6 +379,8 @@ class Simulator:
         first = msg_id = self._next_msg_id
         sized: dict[int, tuple[int, int, int]] = {}  # id(payload) -> sizes; payloads are shared
         sizes: list[int] = []
+        spill = self.spill.over_budget(messages.nbytes)
+        burst: list[Message] = []
         for action in sends:
             payload = action.payload
             # positional (id, sent_at): keyword arguments make this call nearly twice as slow
@@ -382,6 +391,10 @@ class Simulator:
             messages[msg_id] = (msg, size)
             sizes.append(size[0])
             msg_id += 1
+            if spill:
+                burst.append(msg)
+        if spill:
+            self.spill.spill_burst(burst)
         self._next_msg_id = msg_id
         self.net.enqueue_many(node, range(first, msg_id), dests, sizes)
 
@@ -514,6 +527,16 @@ class Simulator:
         """
         messages = list(self.messages.values())
         log = self.message_log
+        # spilled payloads are read back (once per payload: pickling keeps them shared)
+        unspilled: dict[int, Any] = {}
+
+        def payload(msg: Message) -> Any:
+            p = msg.payload
+            if type(p) is not SpilledPayload:
+                return p
+            if p.offset not in unspilled:
+                unspilled[p.offset] = self.spill.get(p)
+            return unspilled[p.offset]
         return {
             "n": self.n,
             "numel": int(self.models.shape[1]),
@@ -533,7 +556,7 @@ class Simulator:
                 "dst": [m.dst for m, _ in messages],
                 "kind": [m.kind for m, _ in messages],
                 "iteration": [m.iteration for m, _ in messages],
-                "payload": [m.payload for m, _ in messages],
+                "payload": [payload(m) for m, _ in messages],
                 "id": [m.id for m, _ in messages],
                 "sent_at": np.array([m.sent_at for m, _ in messages], dtype=np.float64),
                 "sizes": [list(size) for _, size in messages],
@@ -604,7 +627,7 @@ class Simulator:
                 None if loss is None else float(loss),
             )
         m = state["messages"]
-        self.messages = {}
+        self.messages = PendingMessages()
         for src, dst, kind, it, payload, msg_id, sent_at, sizes, extra in zip(
             m["src"], m["dst"], m["kind"], m["iteration"], m["payload"], m["id"],
             m["sent_at"].tolist(), m["sizes"], m["extra"], strict=True,
