@@ -118,3 +118,37 @@ def test_a_negative_budget_is_refused() -> None:
         load_config(None, ["compute.spill_after_mb=-1"])
     with pytest.raises(ValueError, match="budget"):
         PayloadSpill(float("nan"))
+
+
+def test_a_run_that_would_take_the_disks_reserve_stops_with_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import peerlearn.sim.spill as spill_module
+
+    # keep everything the disk has free: the first spilled payload is refused
+    monkeypatch.setattr(spill_module, "default_reserve", lambda total: total)
+    args = [a for s in [*RUN, "algorithm.name=swift"] for a in ("--set", s)]
+    spill_all = ["--set", "compute.spill_after_mb=0"]
+    code = main(["run", *args, *spill_all, "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "queued messages need more disk" in err and "TMPDIR" in err
+    assert "Traceback" not in err
+
+
+def test_the_reserve_is_checked_again_after_every_256_mb(monkeypatch: pytest.MonkeyPatch) -> None:
+    from peerlearn.sim.errors import SpillError
+
+    spill = PayloadSpill(0, reserve=0)
+    big = FragmentPayload.of_array(0, np.zeros(MIN_SPILL_BYTES // 4, np.float32))
+    checks = []
+    real = spill._check_space
+    monkeypatch.setattr(spill, "_check_space", lambda need: (checks.append(need), real(need)))
+    for _ in range(5):
+        spill.put(big)
+    assert len(checks) == 1  # 5 x 64 KB: within the first 256 MB
+    spill.reserve = 2**62  # more than any disk: the next check refuses
+    spill._room = 0
+    with pytest.raises(SpillError, match="more disk"):
+        spill.put(big)
+    spill.close()

@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     from peerlearn.plugins import PluginError
     from peerlearn.registry import RegistryError
     from peerlearn.results.rundir import RunDirError
-    from peerlearn.sim.errors import CheckpointError
+    from peerlearn.sim.errors import CheckpointError, SpillError
 
     try:
         if args.command == "run":
@@ -396,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         DatasetNotFound,
         DeployError,
         CheckpointError,
+        SpillError,
         PluginError,
         RegistryError,
     ) as exc:

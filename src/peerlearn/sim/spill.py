@@ -8,7 +8,9 @@ So once the messages pending in the flow model exceed ``budget`` bytes (as sent)
 of further sends are pickled into an unlinked temporary file and read back when the message is
 delivered. Pickling round-trips every array exactly, so a run gives the same bits whatever the
 budget; what changes is memory against disk (the file grows by every spilled payload and goes
-away with the run: ``TMPDIR`` decides where it lives).
+away with the run: ``TMPDIR`` decides where it lives). Before the file takes the disk's last
+``reserve`` bytes the run stops with ``SpillError``, so that a run too large for the machine fails
+with a clear message instead of filling the disk under everything else that uses it.
 """
 
 from __future__ import annotations
@@ -19,8 +21,17 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+from peerlearn.sim.errors import SpillError
+
 #: payloads smaller than this stay in memory: writing them costs more than they hold
 MIN_SPILL_BYTES = 64 * 1024
+#: free disk space is looked up again after this many bytes written
+CHECK_EVERY_BYTES = 256 * 2**20
+
+
+def default_reserve(total_bytes: int) -> int:
+    """Free space the spill file leaves alone: 5 % of the file system, at least 1 GiB."""
+    return max(2**30, total_bytes // 20)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +77,13 @@ class PendingMessages(dict):
 class PayloadSpill:
     """Writes payloads to an unlinked temporary file and reads them back (``budget`` in bytes)."""
 
-    def __init__(self, budget: float) -> None:
+    def __init__(self, budget: float, reserve: int | None = None) -> None:
         self._fd: int | None = None
         if not budget >= 0:  # also rejects nan
             raise ValueError(f"spill budget must be >= 0 bytes, got {budget}")
         self.budget = budget
+        self.reserve = reserve  # None: default_reserve of the file's file system
+        self._room = 0  # bytes that may still be written before free space is looked up again
         self._end = 0  # the file's length: the next payload goes there
         self.payloads = 0  # payloads written
         self.bytes_written = 0
@@ -85,14 +98,38 @@ class PayloadSpill:
         if self._fd is None:
             with tempfile.TemporaryFile(prefix="peerlearn-spill-") as f:
                 self._fd = os.dup(f.fileno())  # unlinked already: gone once this fd closes
+        if len(data) > self._room:
+            self._check_space(len(data))
+        self._room -= len(data)
         offset = self._end
         view = memoryview(data)
-        while view:  # pwrite may write less than asked
-            view = view[os.pwrite(self._fd, view, offset + len(data) - len(view)) :]
+        try:
+            while view:  # pwrite may write less than asked
+                view = view[os.pwrite(self._fd, view, offset + len(data) - len(view)) :]
+        except OSError as exc:  # the disk filled up under us (other writers)
+            raise SpillError(f"writing the simulator's spill file: {exc}") from exc
         self._end += len(data)
         self.payloads += 1
         self.bytes_written += len(data)
         return SpilledPayload(offset, len(data), int(payload.nbytes))
+
+    def _check_space(self, need: int) -> None:
+        assert self._fd is not None
+        st = os.fstatvfs(self._fd)
+        free = st.f_bavail * st.f_frsize
+        reserve = (
+            self.reserve if self.reserve is not None else default_reserve(st.f_blocks * st.f_frsize)
+        )
+        room = free - reserve
+        if need > room:
+            raise SpillError(
+                f"the simulator's queued messages need more disk than {tempfile.gettempdir()} "
+                f"has: {self.bytes_written / 1e9:.1f} GB spilled so far, "
+                f"{free / 1e9:.1f} GB free, {reserve / 1e9:.1f} GB kept free; set TMPDIR to a "
+                "larger disk, raise compute.spill_after_mb on a machine with more memory, or "
+                "shorten the run (a sender that never drops queues every model it cannot send)"
+            )
+        self._room = min(room, CHECK_EVERY_BYTES)
 
     def get(self, spilled: SpilledPayload) -> Any:
         """The payload written as ``spilled`` (a fresh object at each call)."""
