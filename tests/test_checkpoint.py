@@ -63,6 +63,8 @@ EXTRA = {
     "swift": ["eval.log_messages=true"],
     # committed messages outlive flushes (sim/send_buffer.py)
     "divshare+buffer": ["network.send_buffer=600", "network.send_buffer_frames=1"],
+    # the autotuned buffer grows with what each connection transmitted: that resumes too
+    "divshare+autotune": ["network.send_buffer=autotune"],
     # the fair-comparison wire variants (docs/reproduction_jwins.md §8b): their payloads resume
     "dpsgd+fpzip": ["algorithm.float_codec=auto"],
     "choco+reference": ["algorithm.wire=reference"],
@@ -99,7 +101,8 @@ def _csv(rows_of: Simulator, path: Path) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "algorithm", [*ALGORITHMS, "divshare+buffer", "dpsgd+fpzip", "choco+reference"]
+    "algorithm",
+    [*ALGORITHMS, "divshare+buffer", "divshare+autotune", "dpsgd+fpzip", "choco+reference"],
 )
 def test_stop_save_load_continue_gives_identical_metrics(algorithm: str, tmp_path: Path) -> None:
     cfg = tiny(algorithm)
