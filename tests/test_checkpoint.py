@@ -65,6 +65,8 @@ EXTRA = {
     "divshare+buffer": ["network.send_buffer=600", "network.send_buffer_frames=1"],
     # every payload of 64 KB or more waits in the spill file (sim/spill.py): 76 KB models
     "swift+spill": ["model.hidden=[256]", "compute.spill_after_mb=0"],
+    # the autotuned buffer grows with what each connection transmitted: that resumes too
+    "divshare+autotune": ["network.send_buffer=autotune"],
     # the fair-comparison wire variants (docs/reproduction_jwins.md §8b): their payloads resume
     "dpsgd+fpzip": ["algorithm.float_codec=auto"],
     "choco+reference": ["algorithm.wire=reference"],
@@ -101,7 +103,15 @@ def _csv(rows_of: Simulator, path: Path) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "algorithm", [*ALGORITHMS, "divshare+buffer", "swift+spill", "dpsgd+fpzip", "choco+reference"]
+    "algorithm",
+    [
+        *ALGORITHMS,
+        "divshare+buffer",
+        "divshare+autotune",
+        "swift+spill",
+        "dpsgd+fpzip",
+        "choco+reference",
+    ],
 )
 def test_stop_save_load_continue_gives_identical_metrics(algorithm: str, tmp_path: Path) -> None:
     cfg = tiny(algorithm)

@@ -23,7 +23,7 @@ from peerlearn.protocols.base import (
 )
 from peerlearn.sim import engine
 from peerlearn.sim.engine import Simulator
-from peerlearn.sim.send_buffer import SendBuffer, send_buffer_of
+from peerlearn.sim.send_buffer import AUTOTUNE, SendBuffer, send_buffer_of
 from tests.conftest import small
 
 
@@ -178,15 +178,52 @@ def test_send_buffer_deploy_is_sized_as_the_deployment_sets_its_sockets() -> Non
     assert buffer() is None
     assert buffer("network.recall_in_flight=false") == SendBuffer(0, 0)
     assert buffer("network.send_buffer=deploy", "deploy.sndbuf_bytes=8192") == SendBuffer(16384, 1)
-    assert buffer("network.send_buffer='deploy'") == SendBuffer(4 * 1024 * 1024, 1)
-    assert buffer("network.send_buffer=deploy", "network.send_buffer_frames=0") == SendBuffer(
-        4 * 1024 * 1024, 0
-    )
+    # the kernel's default buffers: Linux's autotuning (CUBIC unless the hosts run BBR)
+    cubic, bbr = AUTOTUNE["cubic"], AUTOTUNE["bbr"]
+    for spelled in ("'deploy'", "autotune"):
+        assert buffer(f"network.send_buffer={spelled}") == SendBuffer(
+            cubic.wmem_max * 2 / 3, 1, cubic
+        )
+    assert buffer("network.send_buffer=deploy", "network.send_buffer_frames=0").frames == 0
+    tuned = buffer("network.send_buffer=autotune", "network.tcp_congestion=bbr")
+    assert tuned is not None and tuned.autotune == bbr and tuned.frames == 1
+    assert buffer("network.send_buffer=4194304", "network.send_buffer_frames=1") == SendBuffer(
+        4 * 1024 * 1024, 1
+    )  # the fixed 4 MiB that "deploy" meant before the autotuning model
     assert buffer("network.send_buffer=20000") == SendBuffer(20000, 0)
     assert buffer("network.send_buffer_frames=2") == SendBuffer(0, 2)
     for bad in ("network.send_buffer=-1", "network.send_buffer=kernel"):
         with pytest.raises(ConfigError, match="send_buffer"):
             load_config(None, [bad])
+    # the congestion control only means something for an autotuned buffer
+    for bad in (
+        ["network.tcp_congestion=bbr"],
+        ["network.send_buffer=8192", "network.tcp_congestion=cubic"],
+    ):
+        with pytest.raises(ConfigError, match="tcp_congestion only applies"):
+            load_config(None, bad)
+    with pytest.raises(ConfigError, match="tcp_congestion"):
+        load_config(None, ["network.send_buffer=autotune", "network.tcp_congestion=reno"])
+
+
+def test_autotuned_send_buffer_runs_are_reproducible() -> None:
+    extra = [
+        "network.preset=stragglers",
+        "network.stragglers=2",
+        "network.fast_mbps=0.2",
+        "algorithm.name=divshare",
+        "eval.log_messages=true",
+    ]
+    tuned = [*extra, "network.send_buffer=autotune", "network.tcp_congestion=bbr"]
+    results = []
+    for _ in range(2):
+        sim = Simulator(build_setup(small(*tuned)))
+        result = sim.run()
+        results.append((sim.recorder.rows, result.message_log, result.messages_dropped))
+    assert results[0] == results[1]
+    # the buffer matters: a flush keeps what it holds, so fewer messages are dropped than
+    # when a flush recalls everything
+    assert 0 < results[0][2] < Simulator(build_setup(small(*extra))).run().messages_dropped
 
 
 def test_message_log_times_each_delivery() -> None:

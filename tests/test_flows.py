@@ -15,7 +15,7 @@ from peerlearn.sim.flows import (
     max_min_rates,
     max_min_rates_reference,
 )
-from peerlearn.sim.send_buffer import SendBuffer
+from peerlearn.sim.send_buffer import AUTOTUNE, Autotune, SendBuffer
 
 INF = math.inf
 
@@ -599,3 +599,129 @@ def test_send_buffer_rejects_negative_sizes():
         SendBuffer(0, -1)
     with pytest.raises(ValueError, match="kernel_bytes"):
         SendBuffer(math.nan, 0)
+
+
+# -- Linux's autotuned send buffer (sim/send_buffer.py, Autotune) ---------------------------------
+
+
+def test_autotune_sizes_the_buffer_as_linux_does():
+    cubic, bbr = AUTOTUNE["cubic"], AUTOTUNE["bbr"]
+    # a fresh connection: expand x 10 segments x 2,304 bytes (ss showed tb 69120 under BBR)
+    assert cubic.sndbuf(0, math.inf) == 2 * 10 * 2304 == 46080
+    assert bbr.sndbuf(0, math.inf) == 3 * 10 * 2304 == 69120
+    assert bbr.kernel_bytes(0, math.inf) == pytest.approx(69120 * 2 / 3)
+    # slow start: one segment per segment acknowledged (130,000 B = 89 whole segments)
+    assert bbr.cwnd(130_000, math.inf) == 99
+    assert bbr.sndbuf(130_000, math.inf) == 3 * 99 * 2304 == 684_288
+    # bounded by the path: 1000 queued packets over 11 connections = 90.9 segments each;
+    # CUBIC tops out there, BBR at twice that
+    share = 1000 / 11
+    assert cubic.cwnd(10**9, share) == 90
+    assert cubic.sndbuf(10**9, share) == 2 * 90 * 2304
+    assert bbr.cwnd(10**9, share) == 181
+    assert bbr.sndbuf(10**9, share) == 3 * 181 * 2304
+    # not yet there: still growing
+    assert cubic.cwnd(50 * 1448, share) == 60
+    # tcp_wmem's bounds: never above the third field, never below the second
+    assert bbr.sndbuf(10**12, math.inf) == cubic.sndbuf(10**12, math.inf) == 4 * 1024 * 1024
+    tiny = Autotune(segment_memory=100)
+    assert tiny.sndbuf(0, math.inf) == 16384  # 2 x 10 x 100 = 2,000 < tcp_wmem[1]
+    # a path too small for the initial window leaves it at its start
+    assert cubic.cwnd(10**9, 3.5) == 10
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"expand": 0},
+        {"mss": 0},
+        {"cwnd_gain": 0.0},
+        {"cwnd_gain": math.nan},
+        {"writable": 0.0},
+        {"writable": 1.5},
+        {"wmem_default": -1},
+    ],
+)
+def test_autotune_rejects_bad_settings(bad):
+    with pytest.raises(ValueError, match="autotune needs"):
+        Autotune(**bad)
+
+
+# a buffer whose numbers can be followed by hand: 10-byte segments of 10 bytes of memory,
+# the window starts at one segment, the whole buffer holds payload: kernel bytes =
+# 10 x (1 + acked // 10), i.e. 10 bytes more than the connection has transmitted (whole segments)
+_HAND = Autotune(expand=1, mss=10, init_cwnd=1, segment_memory=10, wmem_default=0, writable=1.0)
+
+
+def _autotuned(t: float, queue_packets: int = 10**6) -> FlowNetwork:
+    """Node 0 (10 B/s up) queues 20 messages of 20 B to node 1 at t = 0; advanced to ``t``."""
+    buffer = SendBuffer(0, 0, _HAND, queue_packets=queue_packets)
+    fn = net([10, INF, INF], [INF, INF, INF], send_buffer=buffer)
+    for k in range(20):
+        fn.enqueue(k, 0, 1, 20)
+    fn.advance_to(t)
+    return fn
+
+
+def test_a_flush_early_in_a_connection_recalls_more_than_a_late_one():
+    # t = 1: the head (0) has sent 10 B, so the kernel holds 10 x (1 + 1) = 20 B beyond them:
+    # message 1 starts 10 B beyond (kept), message 2 30 B beyond (recalled)
+    early = _autotuned(1.0)
+    assert early.committed(0) == {0, 1}
+    # t = 11: five messages done, the head (5) has sent 10 B: 110 B acknowledged, 120 B in the
+    # kernel; message k starts 10 + 20 (k - 6) B beyond, so 6..11 are kept (11 at 110 B)
+    late = _autotuned(11.0)
+    assert late.committed(0) == set(range(5, 12))
+    # the growth is per connection: one opened later starts small again. From t = 11 the two
+    # heads share the uplink at 5 B/s: at t = 13 message 5 is done (120 B acknowledged, 130 B
+    # in the kernel: 6..12 kept) while the new connection's head (100) has sent 10 B (20 B in
+    # the kernel: only 101, 10 B beyond, is kept with it)
+    for k in (100, 101, 102):
+        late.enqueue(k, 0, 2, 20)
+    late.advance_to(13.0)
+    assert late.committed(0) == set(range(6, 13)) | {100, 101}
+
+
+def test_the_path_bounds_the_autotuned_window():
+    # a queue of 5 packets, one connection: the window stops at 5 segments, 50 B, whatever has
+    # been acknowledged; at t = 11 message k starts 10 + 20 (k - 6) B beyond: 6 and 7 are kept
+    fn = _autotuned(11.0, queue_packets=5)
+    assert fn.path_segments(0, 1) == 5.0
+    assert fn.committed(0) == {5, 6, 7}
+    # a second connection on the uplink halves each one's share (the downlinks are uncapped)
+    fn.enqueue(100, 0, 2, 20)
+    assert fn.path_segments(0, 1) == fn.path_segments(0, 2) == 2.5
+
+
+def test_path_segments_count_the_bandwidth_delay_product_at_the_bottleneck():
+    # node 0 -> 1 over 1000 B/s up (two connections opened) and a 300 B/s downlink (one):
+    # 500 B/s per connection up, 300 down: the downlink is the bottleneck. Round trip 1 s:
+    # 300 B / 10-byte segments = 30 segments in flight, plus the 4-packet queue
+    buffer = SendBuffer(0, 0, _HAND, queue_packets=4)
+    fn = net([1000, INF, INF], [INF, 300, INF], latency_s=0.5, send_buffer=buffer)
+    fn.enqueue(1, 0, 1, 10)
+    fn.enqueue(2, 0, 2, 10)
+    assert fn.path_segments(0, 1) == pytest.approx(34.0)
+    # the uplink alone: 500 B/s x 1 s / 10 + 4, shared by its two connections
+    assert fn.path_segments(0, 2) == pytest.approx((1000 * 1.0 / 10 + 4) / 2)
+    with pytest.raises(ValueError, match="autotuned"):
+        net([1, 1], [1, 1]).path_segments(0, 1)
+
+
+def test_autotuned_state_round_trip():
+    fn = _autotuned(11.0)
+    fn.enqueue(100, 0, 2, 20)
+    state = fn.state_dict()
+    tuned = [1.0, 1.0, 10.0, 1.0, 10.0, 0.0, 4 * 1024 * 1024, 1.0, 10.0**6]
+    assert state["send_buffer"] == [0.0, 0.0, *tuned]
+    other = _autotuned(0.0)  # nothing transmitted yet: a smaller buffer
+    assert other.committed(0) != fn.committed(0)
+    other.load_state_dict(state)
+    assert other.committed(0) == fn.committed(0)
+    assert other.path_segments(0, 1) == fn.path_segments(0, 1)
+    for f in (fn, other):
+        f.cancel(m for m in f.pending(0) if m not in f.committed(0))
+    assert run_all(other) == run_all(fn)
+    fixed = net([10, INF, INF], [INF, INF, INF], send_buffer=SendBuffer(0, 0))
+    with pytest.raises(ValueError, match="send buffer"):
+        fixed.load_state_dict(state)

@@ -193,13 +193,17 @@ class NetworkConfig(Section):
     # TCP connection does (docs/fidelity.md)
     recall_in_flight: bool = True
     # the sender's buffers below the process that DropPending cannot reach (sim/send_buffer.py):
-    # 0 = none; bytes of kernel send buffer per connection; or "deploy": as `peerlearn deploy`
-    # sets its sockets (2 x deploy.sndbuf_bytes, Linux's 4 MiB autotuning bound when 0). Any
-    # buffer also keeps the message in transmission, as recall_in_flight = false does
-    send_buffer: Literal["deploy"] | Annotated[int, Field(ge=0)] = 0
+    # 0 = none; bytes of kernel send buffer per connection; "autotune": Linux's autotuned
+    # buffer, growing with each connection's congestion window; or "deploy": as `peerlearn
+    # deploy` sets its sockets (2 x deploy.sndbuf_bytes, "autotune" when it is 0). Any buffer
+    # also keeps the message in transmission, as recall_in_flight = false does
+    send_buffer: Literal["deploy", "autotune"] | Annotated[int, Field(ge=0)] = 0
     # whole messages held above the kernel buffer (ZeroMQ's pipe); unset: the DEALER's
-    # high-water mark (1) with send_buffer = "deploy", else 0
+    # high-water mark (1) with send_buffer = "deploy" or "autotune", else 0
     send_buffer_frames: Annotated[int, Field(ge=0)] | None = None
+    # the deployment hosts' net.ipv4.tcp_congestion_control, which sets how an autotuned
+    # buffer grows (send_buffer = "autotune" or "deploy" only); unset: "cubic", Linux's default
+    tcp_congestion: Literal["cubic", "bbr"] | None = None
     # Diablo: what two nodes of the same region get (the artifact's file defines no such link)
     intra_region_mbps: PosFloat | None = None
 
@@ -207,6 +211,11 @@ class NetworkConfig(Section):
     def _check(self) -> NetworkConfig:
         if self.preset == "kollaps" and not self.kollaps_xml:
             raise ValueError("preset 'kollaps' needs network.kollaps_xml (a Kollaps XML file)")
+        if self.tcp_congestion is not None and self.send_buffer not in ("autotune", "deploy"):
+            raise ValueError(
+                "network.tcp_congestion only applies to network.send_buffer = 'autotune' or "
+                f"'deploy', not {self.send_buffer!r}"
+            )
         return self
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import astuple
 
 import numpy as np
 
@@ -271,7 +272,12 @@ def _finish_time(now: float, size: float, rate: float) -> float:
 
 
 def _buffer_state(buffer: SendBuffer | None) -> list[float] | None:
-    return None if buffer is None else [float(buffer.kernel_bytes), float(buffer.frames)]
+    if buffer is None:
+        return None
+    state = [float(buffer.kernel_bytes), float(buffer.frames)]
+    if buffer.autotune is not None:  # a fixed buffer keeps the two numbers it always had
+        state += [float(v) for v in astuple(buffer.autotune)] + [float(buffer.queue_packets)]
+    return state
 
 
 class FlowNetwork:
@@ -370,6 +376,14 @@ class FlowNetwork:
         self.recomputations = 0
         # what a flush cannot recall (None: everything pending can be cancelled)
         self.send_buffer = send_buffer
+        # Autotuned buffers grow with what each connection has transmitted over its life
+        # (finished messages and the sent part of cancelled ones; the head's progress is added
+        # at a flush), and are bounded by the share of its path: the connections each node has
+        # opened so far on its uplink and its downlink. Kept only when a buffer is autotuned.
+        self._tracks = send_buffer is not None and send_buffer.autotune is not None
+        self._acked: dict[tuple[int, int], float] = {}
+        self._opened_out = [0] * n
+        self._opened_in = [0] * n
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -468,6 +482,8 @@ class FlowNetwork:
         conns = self._conns.get(src)
         if conns is None:
             conns = self._conns[src] = {}
+        if self._tracks:
+            self._open(src, dsts)
         seq = self._enqueued
         starts: list[tuple[int, int, _Msg]] = []  # (id, dst, message) of idle connections
         for msg_id, dst, nbytes in zip(msg_ids, dsts, sizes, strict=True):
@@ -555,6 +571,8 @@ class FlowNetwork:
                 reloaded.add(slot)
                 self._done_sent[src] += sent
                 self._done_recv[dst] += sent
+                if self._tracks:
+                    self._acked[src, dst] += sent
                 out[msg_id] = sent
                 self._finish_slots([slot], [msg_id], completed=False)
         return out
@@ -571,10 +589,44 @@ class FlowNetwork:
         heads = np.array([msgs[queue[0]][_SLOT] for queue in queues], dtype=np.int64)
         left = self._remaining(heads).tolist()
         out: set[int] = set()
-        for queue, head_left in zip(queues, left, strict=True):
+        tune = buffer.autotune
+        for dst, queue, head_left in zip(conns, queues, left, strict=True):
             sizes = [msgs[m][_NBYTES] for m in queue]
-            out.update(queue[: buffer.committed(head_left, sizes)])
+            kernel = None
+            if tune is not None:
+                acked = self._acked[src, dst] + (sizes[0] - head_left)
+                kernel = tune.kernel_bytes(acked, self.path_segments(src, dst))
+            out.update(queue[: buffer.committed(head_left, sizes, kernel)])
         return out
+
+    def path_segments(self, src: int, dst: int) -> float:
+        """What the path from ``src`` to ``dst`` holds for one connection, in segments of the
+        autotuned buffer's MSS: at the bottleneck (the uplink or downlink whose capacity is
+        the smallest per connection it carries), its bandwidth-delay product (round trip: twice
+        the latency) plus its queue, divided among the connections the node has opened on that
+        side so far (inf if both are uncapped). Shared links are not counted."""
+        buffer = self.send_buffer
+        if buffer is None or buffer.autotune is None:
+            raise ValueError("path_segments needs an autotuned send buffer")
+        mss, rtt = buffer.autotune.mss, 2.0 * self.latency(src, dst)
+        best = (math.inf, math.inf)
+        for cap, k in (
+            (self._cap_list[src], self._opened_out[src]),
+            (self._cap_list[self.n + dst], self._opened_in[dst]),
+        ):
+            if math.isfinite(cap):
+                k = max(k, 1)
+                best = min(best, (cap / k, (cap * rtt / mss + buffer.queue_packets) / k))
+        return best[1]
+
+    def _open(self, src: int, dsts: Sequence[int]) -> None:
+        """Count the connections ``src`` opens to ``dsts`` that it never had (autotune)."""
+        acked = self._acked
+        for dst in dsts:
+            if (src, dst) not in acked:
+                acked[src, dst] = 0.0
+                self._opened_out[src] += 1
+                self._opened_in[dst] += 1
 
     def set_capacities(
         self, up_Bps: np.ndarray, down_Bps: np.ndarray, *, rerate: bool = True
@@ -630,6 +682,9 @@ class FlowNetwork:
             "used": np.array(self._used, dtype=np.float64),
             "recomputations": self.recomputations,
             "send_buffer": _buffer_state(self.send_buffer),
+            # autotune: bytes each connection has transmitted, in the order they were opened
+            "acked_pairs": np.array(list(self._acked), dtype=np.int64).reshape(-1, 2),
+            "acked_bytes": np.array(list(self._acked.values()), dtype=np.float64),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -669,6 +724,13 @@ class FlowNetwork:
         self._last_update = float(state["last_update"])
         self._used = state["used"].tolist()
         self.recomputations = int(state["recomputations"])
+        self._acked, self._opened_out, self._opened_in = {}, [0] * self.n, [0] * self.n
+        if self._tracks:
+            pairs = state.get("acked_pairs", np.zeros((0, 2), dtype=np.int64)).tolist()
+            sents = state.get("acked_bytes", np.zeros(0)).tolist()
+            for (src, dst), sent in zip(pairs, sents, strict=True):
+                self._open(src, (dst,))
+                self._acked[src, dst] = sent
         if self._filling is not None:
             self._filling.forget()
 
@@ -816,6 +878,8 @@ class FlowNetwork:
                 size = float(nbytes)  # == _size[slot]
                 done_sent[src] += size
                 done_recv[dst] += size
+                if self._tracks:
+                    self._acked[src, dst] += size
             conns = all_conns[src]
             queue = conns[dst]
             del queue[0]
