@@ -54,6 +54,31 @@ def test_kernel_matches_torch_ops_forward_and_backward(kernel, shape, groups) ->
     assert results[1][0].is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("shape", [(16, 8, 3, 32, 32), (3, 2, 1, 7, 9), (2, 3, 4, 8, 13)])
+def test_first_convolution_matches_the_grouped_convolution(kernel, shape) -> None:
+    """The first layer's kernel: output, weight and bias gradients as the grouped convolution
+    the default path runs (widths not a multiple of its 4-pixel blocks included)."""
+    j, b, c, h, w = shape
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g)
+    weight = 0.2 * torch.randn(j, 32, c, 5, 5, generator=g)
+    bias = torch.randn(j, 32, generator=g)
+    grad_out = torch.randn(b, j * 32, h, w, generator=g)
+    ws, bs = (t.clone().requires_grad_(True) for t in (weight, bias))
+    xs = x.transpose(0, 1).reshape(b, j * c, h, w)
+    want = F.conv2d(xs, ws.reshape(j * 32, c, 5, 5), bs.reshape(-1), padding=2, groups=j)
+    wants = (want, *torch.autograd.grad(want, (ws, bs), grad_out))
+    ws, bs = (t.clone().requires_grad_(True) for t in (weight, bias))
+    got = fused.conv_first(x, ws, bs)
+    assert got is not None and got.is_contiguous(memory_format=torch.channels_last)
+    gots = (got, *torch.autograd.grad(got, (ws, bs), grad_out))
+    for a, e in zip(gots, wants, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4 * e.abs().max().item())
+    # where it does not apply, the caller runs the grouped convolution
+    assert fused.conv_first(x.requires_grad_(True), ws, bs) is None
+    assert fused.conv_first(x.detach(), ws[:, :16], bs[:, :16]) is None
+
+
 def test_kernel_keeps_nan(kernel) -> None:
     """A diverged model must show NaN, not a clipped 0 (the ReLU and the pooling keep NaN)."""
     x = torch.randn(2, 32, 8, 8).contiguous(memory_format=torch.channels_last)

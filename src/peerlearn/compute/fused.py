@@ -35,10 +35,17 @@ import torch.nn.functional as F
 
 from peerlearn.models.spec import ModelSpec
 
-SOURCE = Path(__file__).with_name("gn_pool_relu.cpp")
-FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC")
+# Each library with its own flags. The GroupNorm kernel's backward recomputes each window's
+# normalized values and argmax, and must get exactly the values its forward compared: no
+# contraction of a * b + c into one rounding there. The convolution wants multiply-adds.
+_COMMON = ("-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC")
+LIBRARIES = {
+    "gn_pool_relu": (Path(__file__).with_name("gn_pool_relu.cpp"), (*_COMMON, "-ffp-contract=off")),
+    "conv_first": (Path(__file__).with_name("conv_first.cpp"), (*_COMMON, "-ffp-contract=fast")),
+}
 
 _lib: ctypes.CDLL | None = None
+_conv_lib: ctypes.CDLL | None = None
 _tried = False
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
@@ -60,9 +67,10 @@ def _cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "peerlearn" / "kernels"
 
 
-def _compile(compiler: str) -> Path:
-    """The shared library, compiled now unless a matching one is cached (OSError, CalledProcess
-    error or FileNotFoundError when the compiler is missing or fails)."""
+def _compile(compiler: str, name: str = "gn_pool_relu") -> Path:
+    """Library ``name``'s shared object, compiled now unless a matching one is cached (OSError,
+    CalledProcessError or FileNotFoundError when the compiler is missing or fails)."""
+    source, flags = LIBRARIES[name]
     exe = shutil.which(compiler)
     if exe is None:
         raise FileNotFoundError(f"C++ compiler {compiler!r} not found")
@@ -70,9 +78,9 @@ def _compile(compiler: str) -> Path:
         [exe, "--version"], capture_output=True, text=True, check=True, timeout=60
     ).stdout
     key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), *FLAGS, version, _cpu_flags()]).encode()
+        "\0".join([source.read_text(), *flags, version, _cpu_flags()]).encode()
     ).hexdigest()[:16]
-    target = _cache_dir() / f"gn_pool_relu-{key}.so"
+    target = _cache_dir() / f"{name}-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +89,7 @@ def _compile(compiler: str) -> Path:
     os.close(fd)
     try:
         subprocess.run(
-            [exe, *FLAGS, str(SOURCE), "-o", tmp],
+            [exe, *flags, str(source), "-o", tmp],
             capture_output=True,
             text=True,
             check=True,
@@ -95,14 +103,16 @@ def _compile(compiler: str) -> Path:
 
 
 def load() -> ctypes.CDLL | None:
-    """The compiled kernels, or None (with one warning per process) where they cannot be built."""
-    global _lib, _tried
+    """The compiled GroupNorm kernels (the convolution's in ``_conv_lib``, built with them), or
+    None (with one warning per process) where they cannot be built."""
+    global _lib, _conv_lib, _tried
     if _tried:
         return _lib
     _tried = True
     compiler = os.environ.get("CXX") or "c++"
     try:
-        lib = ctypes.CDLL(str(_compile(compiler)))
+        lib = ctypes.CDLL(str(_compile(compiler, "gn_pool_relu")))
+        conv = ctypes.CDLL(str(_compile(compiler, "conv_first")))
     except (OSError, subprocess.SubprocessError) as e:
         detail = getattr(e, "stderr", None) or e
         warnings.warn(
@@ -117,7 +127,10 @@ def load() -> ctypes.CDLL | None:
     lib.gnpr_forward.argtypes = [ptr] * 8 + [i64] * 4 + [ctypes.c_double, i64, i64]
     lib.gnpr_backward.argtypes = [ptr] * 10 + [i64] * 4 + [i64, i64]
     lib.gnpr_forward.restype = lib.gnpr_backward.restype = None
-    _lib = lib
+    conv.conv_first_forward.argtypes = [ptr] * 4 + [i64] * 7
+    conv.conv_first_backward.argtypes = [ptr] * 4 + [i64] * 7
+    conv.conv_first_forward.restype = conv.conv_first_backward.restype = None
+    _lib, _conv_lib = lib, conv
     return lib
 
 
@@ -197,6 +210,60 @@ def gn_pool_relu(
     return F.relu(F.max_pool2d(F.group_norm(h, groups, gamma, beta, eps), 2))
 
 
+class ConvFirst(torch.autograd.Function):
+    """J models' first 5x5 convolutions (padding 2, 32 filters each) on their own batches, with
+    the kernels of ``conv_first.cpp``: ``x`` (J, B, C, H, W), weight (J, 32, C, 5, 5), bias
+    (J, 32) -> (B, J * 32, H, W) channels-last, model j's channels at j*32 .. j*32+31 (the grouped
+    convolution's layout). No input gradient: it is the first layer."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):  # type: ignore[override]
+        conv = _conv_lib
+        assert conv is not None
+        j, b, c, hh, ww = x.shape
+        x = x.detach().contiguous()
+        # each model's filters tap-major, (J, C*25, 32): the kernel reads 32 outputs per tap
+        wt = weight.detach().reshape(j, OUT_CHANNELS, -1).transpose(1, 2).contiguous()
+        out = torch.empty(b, j * OUT_CHANNELS, hh, ww, memory_format=torch.channels_last)
+        args = (x, wt, bias.detach().contiguous(), out)
+        _run_tasks(conv.conv_first_forward, (*map(_ptr, args), j, b, c, hh, ww), j * b)
+        ctx.save_for_backward(x)
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):  # type: ignore[override]
+        conv = _conv_lib
+        assert conv is not None
+        (x,) = ctx.saved_tensors
+        j, b, c, hh, ww = x.shape
+        gout = gout.contiguous(memory_format=torch.channels_last)
+        dwt = torch.empty(j, c * 25, OUT_CHANNELS)
+        dbias = torch.empty(j, OUT_CHANNELS)
+        args = (x, gout, dwt, dbias)
+        _run_tasks(conv.conv_first_backward, (*map(_ptr, args), j, b, c, hh, ww), j)
+        dw = dwt.transpose(1, 2).reshape(j, OUT_CHANNELS, c, 5, 5)
+        return None, dw, dbias
+
+
+OUT_CHANNELS = 32
+
+
+def conv_first(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor | None:
+    """``ConvFirst`` where it applies (float32 CPU tensors, 5x5 filters, 32 per model, an input
+    that needs no gradient, the kernel loaded); else None, and the caller runs the grouped
+    convolution."""
+    if (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype == bias.dtype == torch.float32
+        and x.dim() == 5
+        and weight.shape[1:] == (OUT_CHANNELS, x.shape[2], 5, 5)
+        and not x.requires_grad
+        and load() is not None
+    ):
+        return ConvFirst.apply(x, weight, bias)
+    return None
+
+
 def fused_spec(spec: ModelSpec) -> ModelSpec:
     """``spec`` with the fused block in its batched hooks, for a module that takes one (it has a
     ``fused_block`` attribute: GN-LeNet) when the kernel builds; else ``spec`` itself, with a
@@ -213,4 +280,5 @@ def fused_spec(spec: ModelSpec) -> ModelSpec:
         return spec
     module = copy.copy(spec.module)
     module.fused_block = gn_pool_relu
+    module.fused_conv_first = conv_first
     return replace(spec, module=module, hooks=None)
