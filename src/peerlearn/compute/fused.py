@@ -4,11 +4,14 @@ On this kind of CPU GN-LeNet's convolutions run near the float32 matmul rate, bu
 between them (GroupNorm, 2x2 max pooling, ReLU) streams every activation through memory several
 times and took ~40% of evaluation and ~45% of training time (docs/performance.md, issue 16). The
 kernel in ``gn_pool_relu.cpp`` reads a convolution's output once for the group statistics and
-once, from the cache, to normalize, pool and clip it; its backward likewise makes two passes and
-writes the input gradient once, with no index tensor and no zero-filled buffer.
+once, from the cache, to normalize, pool and clip it; in training it also keeps each window's
+maximum (raw value, position, whether the ReLU passed it: 5/16 of the input's bytes), so its
+backward reads the full input once and writes the input gradient once, with no index tensor and
+no zero-filled buffer. In training, the first convolution (3 input channels per model, which
+oneDNN runs at ~0.4x the matmul rate as a grouped convolution) is ``conv_first.cpp``'s kernel.
 
-It sums in another order than PyTorch's GroupNorm, so results match the default path only to
-float rounding: opt in with ``compute.fused = true``. The kernel is compiled with the C++
+Both sum in another order than PyTorch, so results match the default path only to float
+rounding: opt in with ``compute.fused = true``. The kernels are compiled with the C++
 compiler (``$CXX``, else ``c++``) at first use and cached (``$PEERLEARN_KERNEL_CACHE``, else
 ``~/.cache/peerlearn/kernels``) under a hash of its source, the flags, the compiler and the
 CPU's feature flags; without a compiler, ``load()`` warns once and returns None, and GN-LeNet
@@ -125,7 +128,7 @@ def load() -> ctypes.CDLL | None:
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.gnpr_forward.argtypes = [ptr] * 8 + [i64] * 4 + [ctypes.c_double, i64, i64]
-    lib.gnpr_backward.argtypes = [ptr] * 10 + [i64] * 4 + [i64, i64]
+    lib.gnpr_backward.argtypes = [ptr] * 10 + [i64] * 4 + [i64, i64]  # (all pointers non-null)
     lib.gnpr_forward.restype = lib.gnpr_backward.restype = None
     conv.conv_first_forward.argtypes = [ptr] * 4 + [i64] * 7
     conv.conv_first_backward.argtypes = [ptr] * 4 + [i64] * 7
@@ -170,12 +173,19 @@ class GroupNormPoolReLU(torch.autograd.Function):
         assert lib is not None
         n, c, hh, ww = h.shape
         out = torch.empty(n, c, hh // 2, ww // 2, memory_format=torch.channels_last)
-        scale, shift = torch.empty(n, c), torch.empty(n, c)
         mean, rstd = torch.empty(n, groups), torch.empty(n, groups)
         gamma, beta = gamma.detach().contiguous(), beta.detach().contiguous()
-        args = (h, out, scale, shift, mean, rstd, gamma, beta)
-        _run_tasks(lib.gnpr_forward, (*map(_ptr, args), hh, ww, c, groups, float(eps)), n)
-        ctx.save_for_backward(h, gamma, scale, shift, mean, rstd)
+        # for a backward: each window's maximum (its raw input, where it was, whether the
+        # ReLU passed it), a quarter and a sixteenth of the input's bytes
+        training = h.requires_grad or gamma.requires_grad or beta.requires_grad
+        xa = torch.empty_like(out) if training else None
+        code = torch.empty(out.shape, dtype=torch.uint8, memory_format=torch.channels_last)
+        code = code if training else None
+        ptrs = [_ptr(t) if t is not None else None for t in (h, out, xa, code, mean, rstd)]
+        ptrs += [_ptr(gamma), _ptr(beta)]
+        _run_tasks(lib.gnpr_forward, (*ptrs, hh, ww, c, groups, float(eps)), n)
+        if training:
+            ctx.save_for_backward(h, xa, code, gamma, mean, rstd)
         ctx.groups = groups
         return out
 
@@ -183,12 +193,12 @@ class GroupNormPoolReLU(torch.autograd.Function):
     def backward(ctx, gout):  # type: ignore[override]
         lib = load()
         assert lib is not None
-        h, gamma, scale, shift, mean, rstd = ctx.saved_tensors
+        h, xa, code, gamma, mean, rstd = ctx.saved_tensors
         n, c, hh, ww = h.shape
         gout = gout.contiguous(memory_format=torch.channels_last)
         dx = torch.empty_like(h, memory_format=torch.channels_last)
         dgamma, dbeta = torch.empty(n, c), torch.empty(n, c)
-        args = (h, gout, dx, dgamma, dbeta, scale, shift, mean, rstd, gamma)
+        args = (h, gout, xa, code, dx, dgamma, dbeta, mean, rstd, gamma)
         _run_tasks(lib.gnpr_backward, (*map(_ptr, args), hh, ww, c, ctx.groups), n)
         return dx, dgamma.sum(0), dbeta.sum(0), None, None
 
