@@ -44,20 +44,28 @@ void gnpr_forward(const float* x, float* out, float* xa, uint8_t* code, float* m
   const Shape s{h, w, c, g};
   const int64_t hw = h * w, cg = s.cg();
   std::vector<double> s1(c), s2(c);
-  std::vector<float> ref(c), scale(c), shift(c);
+  std::vector<float> ref(c), scale(c), shift(c), f1(c), f2(c);
   float* sc = scale.data();
   float* sh = shift.data();
   for (int64_t n = n0; n < n1; ++n) {
     const float* xn = x + n * hw * c;
-    // pass 1: per-channel sums of (x - the channel's first value), in double: no cancellation
+    // pass 1: per-channel sums of (x - the channel's first value): no cancellation. Each image
+    // row is summed in float (w terms), the rows in double; all in double ran at half the speed.
     for (int64_t j = 0; j < c; ++j) { ref[j] = xn[j]; s1[j] = 0.0; s2[j] = 0.0; }
-    for (int64_t p = 0; p < hw; ++p) {
-      const float* row = xn + p * c;
-      for (int64_t j = 0; j < c; ++j) {
-        const double d = static_cast<double>(row[j]) - ref[j];
-        s1[j] += d;
-        s2[j] += d * d;
+    for (int64_t y = 0; y < h; ++y) {
+      float* __restrict t1 = f1.data();
+      float* __restrict t2 = f2.data();
+      const float* __restrict rf = ref.data();
+      for (int64_t j = 0; j < c; ++j) { t1[j] = 0.0f; t2[j] = 0.0f; }
+      for (int64_t p = y * w; p < (y + 1) * w; ++p) {
+        const float* __restrict row = xn + p * c;
+        for (int64_t j = 0; j < c; ++j) {
+          const float d = row[j] - rf[j];
+          t1[j] += d;
+          t2[j] += d * d;
+        }
       }
+      for (int64_t j = 0; j < c; ++j) { s1[j] += t1[j]; s2[j] += t2[j]; }
     }
     for (int64_t j0 = 0; j0 < c; j0 += cg) {
       const double count = static_cast<double>(hw * cg);
