@@ -79,6 +79,28 @@ def test_first_convolution_matches_the_grouped_convolution(kernel, shape) -> Non
     assert fused.conv_first(x.detach(), ws[:, :16], bs[:, :16]) is None
 
 
+@pytest.mark.parametrize("shape, j", [((5, 3, 32, 32), 2), ((3, 1, 7, 9), 3), ((2, 4, 8, 12), 1)])
+def test_evaluation_first_block_matches_torch_ops(kernel, shape, j) -> None:
+    """Evaluation's first block (convolution, GroupNorm, pooling, ReLU per sample, J models on
+    one shared batch) against the dense convolution and the three torch ops."""
+    c = shape[1]
+    g = torch.Generator().manual_seed(sum(shape) + j)
+    x = torch.randn(shape, generator=g)
+    weight = 0.2 * torch.randn(j, 32, c, 5, 5, generator=g)
+    bias, gamma, beta = (torch.randn(j * 32, generator=g) for _ in range(3))
+    want = _unfused(
+        F.conv2d(x, weight.reshape(j * 32, c, 5, 5), bias, padding=2), 2 * j, gamma, beta
+    )
+    with torch.inference_mode():
+        got = fused.first_block_shared(x, weight, bias.view(j, 32), 2 * j, gamma, beta)
+    assert got is not None and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # a gradient to compute: the caller runs the torch ops instead
+    assert (
+        fused.first_block_shared(x, weight.requires_grad_(True), bias, 2 * j, gamma, beta) is None
+    )
+
+
 def test_kernel_keeps_nan(kernel) -> None:
     """A diverged model must show NaN, not a clipped 0 (the ReLU and the pooling keep NaN)."""
     x = torch.randn(2, 32, 8, 8).contiguous(memory_format=torch.channels_last)

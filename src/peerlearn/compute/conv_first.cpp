@@ -46,6 +46,39 @@ struct Padded {
   const float* row(int64_t ci, int64_t y) const { return &buf[(ci * hp + y) * wp]; }
 };
 
+// One model's 32 output channels for one sample: out[(y * w + x) * row_stride + 0..31].
+void conv_sample(const Padded& xp, const float* wj, const float* bias_j, float* out,
+                 int64_t row_stride) {
+  const int64_t c = xp.c, h = xp.h, w = xp.w;
+  const v16 b0 = load(bias_j), b1 = load(bias_j + 16);
+  for (int64_t y = 0; y < h; ++y) {
+    for (int64_t x0 = 0; x0 < w; x0 += PX) {
+      v16 acc0[PX], acc1[PX];
+      for (int p = 0; p < PX; ++p) { acc0[p] = b0; acc1[p] = b1; }
+      for (int64_t ci = 0; ci < c; ++ci) {
+        for (int kh = 0; kh < K; ++kh) {
+          const float* r = xp.row(ci, y + kh) + x0;
+          const float* wk = wj + (ci * K + kh) * K * OC;
+          for (int kw = 0; kw < K; ++kw) {
+            const v16 w0 = load(wk + kw * OC), w1 = load(wk + kw * OC + 16);
+            for (int p = 0; p < PX; ++p) {
+              const float v = r[p + kw];
+              acc0[p] += v * w0;
+              acc1[p] += v * w1;
+            }
+          }
+        }
+      }
+      float* o = out + (y * w + x0) * row_stride;
+      const int n = static_cast<int>(w - x0 < PX ? w - x0 : PX);
+      for (int p = 0; p < n; ++p) {
+        store(o + p * row_stride, acc0[p]);
+        store(o + p * row_stride + 16, acc1[p]);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -59,34 +92,36 @@ void conv_first_forward(const float* x, const float* wt, const float* bias, floa
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t j = t / b_samples, b = t % b_samples;
     xp.fill(x + t * c * h * w);
-    const float* wj = wt + j * taps * OC;
-    const v16 b0 = load(bias + j * OC), b1 = load(bias + j * OC + 16);
-    for (int64_t y = 0; y < h; ++y) {
-      for (int64_t x0 = 0; x0 < w; x0 += PX) {
-        v16 acc0[PX], acc1[PX];
-        for (int p = 0; p < PX; ++p) { acc0[p] = b0; acc1[p] = b1; }
-        for (int64_t ci = 0; ci < c; ++ci) {
-          for (int kh = 0; kh < K; ++kh) {
-            const float* r = xp.row(ci, y + kh) + x0;
-            const float* wk = wj + (ci * K + kh) * K * OC;
-            for (int kw = 0; kw < K; ++kw) {
-              const v16 w0 = load(wk + kw * OC), w1 = load(wk + kw * OC + 16);
-              for (int p = 0; p < PX; ++p) {
-                const float v = r[p + kw];
-                acc0[p] += v * w0;
-                acc1[p] += v * w1;
-              }
-            }
-          }
-        }
-        float* o = out + ((b * h + y) * w + x0) * row_stride + j * OC;
-        const int n = static_cast<int>(w - x0 < PX ? w - x0 : PX);
-        for (int p = 0; p < n; ++p) {
-          store(o + p * row_stride, acc0[p]);
-          store(o + p * row_stride + 16, acc1[p]);
-        }
-      }
-    }
+    conv_sample(xp, wt + j * taps * OC, bias + j * OC, out + b * h * w * row_stride + j * OC,
+                row_stride);
+  }
+}
+
+// gnpr_forward of gn_pool_relu.cpp (another library, compiled without contraction), passed in
+// by the caller
+typedef void (*GnForward)(const float*, float*, float*, uint8_t*, float*, float*, const float*,
+                          const float*, int64_t, int64_t, int64_t, int64_t, double, int64_t,
+                          int64_t);
+
+// Evaluation: J models on the same samples x (B, C, H, W), samples [b0, b1). Each sample's
+// convolution output (H, W, J*32) stays in a buffer the size of the L2 cache or less, where
+// gn_forward normalizes, pools and clips it into out (B, H/2, W/2, J*32): the first block's
+// activations never go to memory.
+void conv_first_gn_forward(const float* x, const float* wt, const float* bias,
+                           const float* gamma, const float* beta, float* out, void* gn_forward,
+                           int64_t j_models, int64_t c, int64_t h, int64_t w, int64_t groups,
+                           double eps, int64_t b0, int64_t b1) {
+  const auto gn = reinterpret_cast<GnForward>(gn_forward);
+  Padded xp(c, h, w);
+  const int64_t taps = c * K * K, row_stride = j_models * OC;
+  std::vector<float> buf(h * w * row_stride), mean(groups), rstd(groups);
+  const int64_t out_size = (h / 2) * (w / 2) * row_stride;
+  for (int64_t b = b0; b < b1; ++b) {
+    xp.fill(x + b * c * h * w);
+    for (int64_t j = 0; j < j_models; ++j)
+      conv_sample(xp, wt + j * taps * OC, bias + j * OC, buf.data() + j * OC, row_stride);
+    gn(buf.data(), out + b * out_size, nullptr, nullptr, mean.data(), rstd.data(), gamma, beta,
+       h, w, row_stride, groups, eps, 0, 1);
   }
 }
 

@@ -133,6 +133,8 @@ def load() -> ctypes.CDLL | None:
     conv.conv_first_forward.argtypes = [ptr] * 4 + [i64] * 7
     conv.conv_first_backward.argtypes = [ptr] * 4 + [i64] * 7
     conv.conv_first_forward.restype = conv.conv_first_backward.restype = None
+    conv.conv_first_gn_forward.argtypes = [ptr] * 7 + [i64] * 5 + [ctypes.c_double, i64, i64]
+    conv.conv_first_gn_forward.restype = None
     _lib, _conv_lib = lib, conv
     return lib
 
@@ -274,6 +276,48 @@ def conv_first(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tor
     return None
 
 
+def first_block_shared(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    groups: int,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    eps: float = 1e-5,
+) -> torch.Tensor | None:
+    """Evaluation's first block for J models on one batch ``x`` (B, C, H, W): the first
+    convolution (weight (J, 32, C, 5, 5), bias (J, 32)), then GroupNorm (``groups`` over the J*32
+    channels), pooling and ReLU, one sample at a time, so that the convolution's output stays in
+    the cache (``conv_first_gn_forward``); (B, J*32, H/2, W/2) channels-last. None where it does
+    not apply (a gradient needed, other shapes or types, no kernel)."""
+    j = weight.shape[0]
+    if not (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype == bias.dtype == gamma.dtype == beta.dtype == torch.float32
+        and x.dim() == 4
+        and weight.shape[1:] == (OUT_CHANNELS, x.shape[1], 5, 5)
+        and (j * OUT_CHANNELS) % groups == 0
+        and not (
+            torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias, gamma, beta))
+        )
+        and load() is not None
+    ):
+        return None
+    assert _lib is not None and _conv_lib is not None
+    b, c, hh, ww = x.shape
+    x = x.contiguous()
+    wt = weight.reshape(j, OUT_CHANNELS, -1).transpose(1, 2).contiguous()
+    out = torch.empty(b, j * OUT_CHANNELS, hh // 2, ww // 2, memory_format=torch.channels_last)
+    args = (x, wt, bias.contiguous(), gamma.contiguous(), beta.contiguous(), out)
+    gn_forward = ctypes.cast(_lib.gnpr_forward, ctypes.c_void_p).value
+    _run_tasks(
+        _conv_lib.conv_first_gn_forward,
+        (*map(_ptr, args), gn_forward, j, c, hh, ww, groups, float(eps)),
+        b,
+    )
+    return out
+
+
 def fused_spec(spec: ModelSpec) -> ModelSpec:
     """``spec`` with the fused block in its batched hooks, for a module that takes one (it has a
     ``fused_block`` attribute: GN-LeNet) when the kernel builds; else ``spec`` itself, with a
@@ -291,4 +335,5 @@ def fused_spec(spec: ModelSpec) -> ModelSpec:
     module = copy.copy(spec.module)
     module.fused_block = gn_pool_relu
     module.fused_conv_first = conv_first
+    module.fused_first_block = first_block_shared
     return replace(spec, module=module, hooks=None)

@@ -39,6 +39,9 @@ class GNLeNet(nn.Module):
     # and a function (x (J, B, C, H, W), weight (J, 32, C, 5, 5), bias (J, 32)) -> the first
     # grouped convolution's channels-last output, or None where it does not apply
     fused_conv_first: Callable[..., torch.Tensor | None] | None = None
+    # and for J models on a shared batch x (B, C, H, W) without gradients, a function (x, weight,
+    # bias, groups, gamma, beta, eps) -> the whole first block's output, or None
+    fused_first_block: Callable[..., torch.Tensor | None] | None = None
 
     def __init__(self, in_channels: int, height: int, width: int, num_classes: int) -> None:
         super().__init__()
@@ -68,7 +71,7 @@ class GNLeNet(nn.Module):
         if self.fused_conv_first is not None:
             h = self.fused_conv_first(x, p["conv1.weight"], p["conv1.bias"])
             if h is not None:
-                return self._side_by_side(p, h, j, first_groups=j, first_done=True)
+                return self._side_by_side(p, h, j, first_groups=j, done=1)
         h = x.transpose(0, 1).reshape(b, j * x.shape[2], *x.shape[3:])
         return self._side_by_side(p, h, j, first_groups=j)
 
@@ -76,7 +79,21 @@ class GNLeNet(nn.Module):
         """J models on one batch ``x`` (B, C, H, W) that all of them see (a shared test set):
         the first convolution is a single dense one with J x 32 output channels, and ``x`` is
         not copied once per model."""
-        return self._side_by_side(p, x, p["conv1.weight"].shape[0], first_groups=1)
+        j = p["conv1.weight"].shape[0]
+        if self.fused_first_block is not None:
+            gn = self.gn1
+            h = self.fused_first_block(
+                x,
+                p["conv1.weight"],
+                p["conv1.bias"],
+                gn.num_groups * j,
+                p["gn1.weight"].reshape(-1),
+                p["gn1.bias"].reshape(-1),
+                gn.eps,
+            )
+            if h is not None:
+                return self._side_by_side(p, h, j, first_groups=1, done=2)
+        return self._side_by_side(p, x, j, first_groups=1)
 
     def _side_by_side(
         self,
@@ -84,14 +101,15 @@ class GNLeNet(nn.Module):
         h: torch.Tensor,
         j: int,
         first_groups: int,
-        first_done: bool = False,
+        done: int = 0,
     ) -> torch.Tensor:
-        """From ``h``, the input, or with ``first_done`` the first convolution's output."""
+        """From ``h``, the input, or the output of the first convolution (``done`` = 1) or of
+        the whole first block (``done`` = 2)."""
         b = h.shape[0]
         if h.device.type == "cpu":  # channels-last is oneDNN's fast layout; cuDNN prefers NCHW
             h = h.contiguous(memory_format=torch.channels_last)
-        for k in (1, 2, 3):
-            if k > 1 or not first_done:
+        for k in (2, 3) if done == 2 else (1, 2, 3):
+            if k > 1 or done == 0:
                 w = p[f"conv{k}.weight"]
                 w = w.reshape(j * w.shape[1], *w.shape[2:])
                 if self.fused_block is not None and h.device.type == "cpu":
