@@ -190,3 +190,30 @@ def test_summary_records_the_setting(tmp_path) -> None:
     assert asked.summary["compute"]["fused"] is True
     assert asked.summary["compute"]["fused_kernel"] == fused.kernel_loaded()
     assert asked.recorder.rows == plain.recorder.rows  # the MLP's numbers do not change
+
+
+def test_kernels_give_the_same_bits_on_any_thread_count(kernel) -> None:
+    """Work is split by sample (or model) across threads and each one's sums run in the same
+    order whatever the split: results on 3 threads equal 1 thread's bit for bit."""
+    g = torch.Generator().manual_seed(7)
+    x5 = torch.randn(5, 4, 3, 12, 10, generator=g)
+    weight = 0.2 * torch.randn(5, 32, 3, 5, 5, generator=g)
+    bias, gamma, beta = (torch.randn(5 * 32, generator=g) for _ in range(3))
+    grad_out = torch.randn(4, 5 * 32, 6, 5, generator=g)
+    runs = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            ws, bs, gs, bts = (
+                t.clone().requires_grad_(True) for t in (weight, bias.view(5, 32), gamma, beta)
+            )
+            out = fused.gn_pool_relu(fused.conv_first(x5, ws, bs), 10, gs, bts)
+            grads = torch.autograd.grad(out, (ws, bs, gs, bts), grad_out)
+            with torch.inference_mode():
+                shared = fused.first_block_shared(x5[0], weight, bias.view(5, 32), 10, gamma, beta)
+            runs.append((out, *grads, shared))
+    finally:
+        torch.set_num_threads(before)
+    for one, three in zip(*runs, strict=True):
+        assert torch.equal(one, three)

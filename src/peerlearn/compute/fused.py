@@ -38,14 +38,16 @@ import torch.nn.functional as F
 
 from peerlearn.models.spec import ModelSpec
 
-# Each library with its own flags. The GroupNorm kernel's backward recomputes each window's
-# normalized values and argmax, and must get exactly the values its forward compared: no
-# contraction of a * b + c into one rounding there. The convolution wants multiply-adds.
+# Each library with its own flags. GroupNorm: no contraction of a * b + c into one rounding,
+# so that every normalized value is rounded the same way in vectorized loops and their scalar
+# tails. The convolution wants multiply-adds.
 _COMMON = ("-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC")
 LIBRARIES = {
     "gn_pool_relu": (Path(__file__).with_name("gn_pool_relu.cpp"), (*_COMMON, "-ffp-contract=off")),
     "conv_first": (Path(__file__).with_name("conv_first.cpp"), (*_COMMON, "-ffp-contract=fast")),
 }
+
+OUT_CHANNELS = 32  # filters per model of GN-LeNet's first convolution (conv_first.cpp's OC)
 
 _lib: ctypes.CDLL | None = None
 _conv_lib: ctypes.CDLL | None = None
@@ -257,9 +259,6 @@ class ConvFirst(torch.autograd.Function):
         return None, dw, dbias
 
 
-OUT_CHANNELS = 32
-
-
 def conv_first(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor | None:
     """``ConvFirst`` where it applies (float32 CPU tensors, 5x5 filters, 32 per model, an input
     that needs no gradient, the kernel loaded); else None, and the caller runs the grouped
@@ -269,6 +268,7 @@ def conv_first(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tor
         and x.dtype == weight.dtype == bias.dtype == torch.float32
         and x.dim() == 5
         and weight.shape[1:] == (OUT_CHANNELS, x.shape[2], 5, 5)
+        and bias.shape == weight.shape[:2]
         and not x.requires_grad
         and load() is not None
     ):
@@ -296,6 +296,7 @@ def first_block_shared(
         and x.dtype == weight.dtype == bias.dtype == gamma.dtype == beta.dtype == torch.float32
         and x.dim() == 4
         and weight.shape[1:] == (OUT_CHANNELS, x.shape[1], 5, 5)
+        and bias.numel() == gamma.numel() == beta.numel() == j * OUT_CHANNELS
         and (j * OUT_CHANNELS) % groups == 0
         and not (
             torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias, gamma, beta))
