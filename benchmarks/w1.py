@@ -28,6 +28,10 @@ import os
 import resource
 import time
 
+# as the peerlearn CLI does (cli.main), before torch loads OpenMP: idle OpenMP threads sleep
+# instead of spinning, on a core that the fused kernels' threads or another process need
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import torch
 
 from common import gn_lenet_flops, matmul_flops
@@ -119,6 +123,7 @@ def main() -> None:
     args = p.parse_args()
 
     cfg = load_config(None, [*config(args.rounds, args.test_samples, args.data), *args.set])
+    load_before = os.getloadavg()
     t_setup = time.perf_counter()
     sim = Simulator(build_setup(cfg))  # with compute.fused: builds or loads the kernel
     setup_s = time.perf_counter() - t_setup
@@ -157,11 +162,14 @@ def main() -> None:
         # the process's peak resident set (Linux reports KiB)
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "test_acc_mean": final_metrics(sim.recorder).get("test_acc_mean"),
+        "load_average_before": load_before,
         "load_average": os.getloadavg(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     print(
         f"W1, {args.rounds} rounds ({out['iterations_mean']:.0f} per node), {n_test} test images,"
-        f" {threads} threads, compute.fused = {str(cfg.compute.fused).lower()}\n"
+        f" {threads} threads (OMP_WAIT_POLICY={out['omp_wait_policy']}), compute.fused = "
+        f"{str(cfg.compute.fused).lower()}\n"
         f"setup {setup_s:.1f} s (data, model, the fused kernel's build or load; not in wall)\n"
         f"wall {result.wall_time_s:.1f} s = training {result.train_wall_s:.1f} + evaluation "
         f"{result.eval_wall_s:.1f} ({result.eval_models} models) + engine {engine:.1f}\n"
@@ -172,7 +180,8 @@ def main() -> None:
         f"CPU: user {run_usage['user_s']:.1f} s, system {run_usage['sys_s']:.1f} s, "
         f"minor page faults {run_usage['minor_faults']:,.0f}, "
         f"peak resident {out['max_rss_mb']:,.0f} MB\n"
-        f"load average {os.getloadavg()}",
+        f"load average before {tuple(round(v, 2) for v in load_before)}, after "
+        f"{tuple(round(v, 2) for v in os.getloadavg())}",
         flush=True,
     )
     if args.eval_probe:

@@ -54,6 +54,53 @@ def test_kernel_matches_torch_ops_forward_and_backward(kernel, shape, groups) ->
     assert results[1][0].is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("shape", [(16, 8, 3, 32, 32), (3, 2, 1, 7, 9), (2, 3, 4, 8, 13)])
+def test_first_convolution_matches_the_grouped_convolution(kernel, shape) -> None:
+    """The first layer's kernel: output, weight and bias gradients as the grouped convolution
+    the default path runs (widths not a multiple of its 4-pixel blocks included)."""
+    j, b, c, h, w = shape
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g)
+    weight = 0.2 * torch.randn(j, 32, c, 5, 5, generator=g)
+    bias = torch.randn(j, 32, generator=g)
+    grad_out = torch.randn(b, j * 32, h, w, generator=g)
+    ws, bs = (t.clone().requires_grad_(True) for t in (weight, bias))
+    xs = x.transpose(0, 1).reshape(b, j * c, h, w)
+    want = F.conv2d(xs, ws.reshape(j * 32, c, 5, 5), bs.reshape(-1), padding=2, groups=j)
+    wants = (want, *torch.autograd.grad(want, (ws, bs), grad_out))
+    ws, bs = (t.clone().requires_grad_(True) for t in (weight, bias))
+    got = fused.conv_first(x, ws, bs)
+    assert got is not None and got.is_contiguous(memory_format=torch.channels_last)
+    gots = (got, *torch.autograd.grad(got, (ws, bs), grad_out))
+    for a, e in zip(gots, wants, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4 * e.abs().max().item())
+    # where it does not apply, the caller runs the grouped convolution
+    assert fused.conv_first(x.requires_grad_(True), ws, bs) is None
+    assert fused.conv_first(x.detach(), ws[:, :16], bs[:, :16]) is None
+
+
+@pytest.mark.parametrize("shape, j", [((5, 3, 32, 32), 2), ((3, 1, 7, 9), 3), ((2, 4, 8, 12), 1)])
+def test_evaluation_first_block_matches_torch_ops(kernel, shape, j) -> None:
+    """Evaluation's first block (convolution, GroupNorm, pooling, ReLU per sample, J models on
+    one shared batch) against the dense convolution and the three torch ops."""
+    c = shape[1]
+    g = torch.Generator().manual_seed(sum(shape) + j)
+    x = torch.randn(shape, generator=g)
+    weight = 0.2 * torch.randn(j, 32, c, 5, 5, generator=g)
+    bias, gamma, beta = (torch.randn(j * 32, generator=g) for _ in range(3))
+    want = _unfused(
+        F.conv2d(x, weight.reshape(j * 32, c, 5, 5), bias, padding=2), 2 * j, gamma, beta
+    )
+    with torch.inference_mode():
+        got = fused.first_block_shared(x, weight, bias.view(j, 32), 2 * j, gamma, beta)
+    assert got is not None and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # a gradient to compute: the caller runs the torch ops instead
+    assert (
+        fused.first_block_shared(x, weight.requires_grad_(True), bias, 2 * j, gamma, beta) is None
+    )
+
+
 def test_kernel_keeps_nan(kernel) -> None:
     """A diverged model must show NaN, not a clipped 0 (the ReLU and the pooling keep NaN)."""
     x = torch.randn(2, 32, 8, 8).contiguous(memory_format=torch.channels_last)
@@ -143,3 +190,30 @@ def test_summary_records_the_setting(tmp_path) -> None:
     assert asked.summary["compute"]["fused"] is True
     assert asked.summary["compute"]["fused_kernel"] == fused.kernel_loaded()
     assert asked.recorder.rows == plain.recorder.rows  # the MLP's numbers do not change
+
+
+def test_kernels_give_the_same_bits_on_any_thread_count(kernel) -> None:
+    """Work is split by sample (or model) across threads and each one's sums run in the same
+    order whatever the split: results on 3 threads equal 1 thread's bit for bit."""
+    g = torch.Generator().manual_seed(7)
+    x5 = torch.randn(5, 4, 3, 12, 10, generator=g)
+    weight = 0.2 * torch.randn(5, 32, 3, 5, 5, generator=g)
+    bias, gamma, beta = (torch.randn(5 * 32, generator=g) for _ in range(3))
+    grad_out = torch.randn(4, 5 * 32, 6, 5, generator=g)
+    runs = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            ws, bs, gs, bts = (
+                t.clone().requires_grad_(True) for t in (weight, bias.view(5, 32), gamma, beta)
+            )
+            out = fused.gn_pool_relu(fused.conv_first(x5, ws, bs), 10, gs, bts)
+            grads = torch.autograd.grad(out, (ws, bs, gs, bts), grad_out)
+            with torch.inference_mode():
+                shared = fused.first_block_shared(x5[0], weight, bias.view(5, 32), 10, gamma, beta)
+            runs.append((out, *grads, shared))
+    finally:
+        torch.set_num_threads(before)
+    for one, three in zip(*runs, strict=True):
+        assert torch.equal(one, three)

@@ -159,8 +159,7 @@ class BatchedEvaluator:
             hi = min(lo + self.node_chunk, k)
             chunk = params[lo:hi].to(self.device, torch.float32)
             if test_indices is None:
-                idx = self._shared_indices(subset)
-                sums = self._eval_shared(chunk, idx)
+                sums = self._eval_shared(chunk, subset)
             else:
                 sums = self._eval_own(chunk, test_indices[lo:hi])
             loss_sum[lo:hi], hit_sum[lo:hi], count[lo:hi] = (s.cpu() for s in sums)
@@ -170,25 +169,25 @@ class BatchedEvaluator:
             out["rmse"] = loss.sqrt()
         return out
 
-    def _shared_indices(self, subset: np.ndarray | None) -> torch.Tensor:
-        if subset is None:
-            return torch.arange(len(self.test_y), device=self.device)
-        return torch.as_tensor(np.asarray(subset, dtype=np.int64), device=self.device)
-
     def _eval_shared(
-        self, chunk: torch.Tensor, idx: torch.Tensor
+        self, chunk: torch.Tensor, subset: np.ndarray | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = None
+        if subset is not None:
+            idx = torch.as_tensor(np.asarray(subset, dtype=np.int64), device=self.device)
+        total = len(self.test_y) if idx is None else len(idx)
         n = chunk.shape[0]
         loss_sum = torch.zeros(n, dtype=torch.float64, device=self.device)
         hit_sum = torch.zeros_like(loss_sum)
-        for s in range(0, len(idx), self.batch_size):
-            b = idx[s : s + self.batch_size]
+        for s in range(0, total, self.batch_size):
+            # the whole test set: slices, views of it (no copy of each batch's samples)
+            b = slice(s, s + self.batch_size) if idx is None else idx[s : s + self.batch_size]
             out = self.spec.stacked_forward_shared(chunk, self.test_x[b])  # (n, b, ...)
             y = self.test_y[b].expand(n, *self.test_y[b].shape)
             losses, hits = self._per_sample(out, y)
             loss_sum += losses.sum(1)
             hit_sum += hits.sum(1)
-        count = torch.full_like(loss_sum, float(len(idx)))
+        count = torch.full_like(loss_sum, float(total))
         return loss_sum, hit_sum, count
 
     def _eval_own(

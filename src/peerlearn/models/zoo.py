@@ -36,6 +36,12 @@ class GNLeNet(nn.Module):
     # compute.fused: a function (h, groups, gamma, beta, eps) -> relu(max_pool2d(group_norm(h)))
     # that replaces those three ops in the batched hooks (compute/fused.py sets it on a copy)
     fused_block: Callable[..., torch.Tensor] | None = None
+    # and a function (x (J, B, C, H, W), weight (J, 32, C, 5, 5), bias (J, 32)) -> the first
+    # grouped convolution's channels-last output, or None where it does not apply
+    fused_conv_first: Callable[..., torch.Tensor | None] | None = None
+    # and for J models on a shared batch x (B, C, H, W) without gradients, a function (x, weight,
+    # bias, groups, gamma, beta, eps) -> the whole first block's output, or None
+    fused_first_block: Callable[..., torch.Tensor | None] | None = None
 
     def __init__(self, in_channels: int, height: int, width: int, num_classes: int) -> None:
         super().__init__()
@@ -62,6 +68,10 @@ class GNLeNet(nn.Module):
         over 2J groups normalizes exactly per model.
         """
         j, b = x.shape[:2]
+        if self.fused_conv_first is not None:
+            h = self.fused_conv_first(x, p["conv1.weight"], p["conv1.bias"])
+            if h is not None:
+                return self._side_by_side(p, h, j, first_groups=j, done=1)
         h = x.transpose(0, 1).reshape(b, j * x.shape[2], *x.shape[3:])
         return self._side_by_side(p, h, j, first_groups=j)
 
@@ -69,19 +79,46 @@ class GNLeNet(nn.Module):
         """J models on one batch ``x`` (B, C, H, W) that all of them see (a shared test set):
         the first convolution is a single dense one with J x 32 output channels, and ``x`` is
         not copied once per model."""
-        return self._side_by_side(p, x, p["conv1.weight"].shape[0], first_groups=1)
+        j = p["conv1.weight"].shape[0]
+        if self.fused_first_block is not None:
+            gn = self.gn1
+            h = self.fused_first_block(
+                x,
+                p["conv1.weight"],
+                p["conv1.bias"],
+                gn.num_groups * j,
+                p["gn1.weight"].reshape(-1),
+                p["gn1.bias"].reshape(-1),
+                gn.eps,
+            )
+            if h is not None:
+                return self._side_by_side(p, h, j, first_groups=1, done=2)
+        return self._side_by_side(p, x, j, first_groups=1)
 
     def _side_by_side(
-        self, p: dict[str, torch.Tensor], h: torch.Tensor, j: int, first_groups: int
+        self,
+        p: dict[str, torch.Tensor],
+        h: torch.Tensor,
+        j: int,
+        first_groups: int,
+        done: int = 0,
     ) -> torch.Tensor:
+        """From ``h``, the input, or the output of the first convolution (``done`` = 1) or of
+        the whole first block (``done`` = 2)."""
         b = h.shape[0]
         if h.device.type == "cpu":  # channels-last is oneDNN's fast layout; cuDNN prefers NCHW
             h = h.contiguous(memory_format=torch.channels_last)
-        for k in (1, 2, 3):
-            w = p[f"conv{k}.weight"]
-            w = w.reshape(j * w.shape[1], *w.shape[2:])
-            groups = first_groups if k == 1 else j
-            h = F.conv2d(h, w, p[f"conv{k}.bias"].reshape(-1), padding=2, groups=groups)
+        for k in (2, 3) if done == 2 else (1, 2, 3):
+            if k > 1 or done == 0:
+                w = p[f"conv{k}.weight"]
+                w = w.reshape(j * w.shape[1], *w.shape[2:])
+                if self.fused_block is not None and h.device.type == "cpu":
+                    # oneDNN wants channels-last filters too: converted here once, it does
+                    # not convert them again in the backward, and their gradient comes back
+                    # channels-last, which the SGD update reads in place (no copy back)
+                    w = w.contiguous(memory_format=torch.channels_last)
+                groups = first_groups if k == 1 else j
+                h = F.conv2d(h, w, p[f"conv{k}.bias"].reshape(-1), padding=2, groups=groups)
             gn = getattr(self, f"gn{k}")
             norm_groups = gn.num_groups * j
             gamma, beta = p[f"gn{k}.weight"].reshape(-1), p[f"gn{k}.bias"].reshape(-1)
