@@ -163,9 +163,9 @@ class ComputeConfig(Section):
     # intra-op threads: "auto" (1 for small models, else the cores this process may use; never
     # above torch's thread count as the caller left it), or a number (docs/performance.md)
     threads: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
-    # CPU: GN-LeNet's GroupNorm, max pooling and ReLU as one compiled kernel (compute/fused.py;
-    # needs a C++ compiler, else a warning and the torch ops). Faster; equal to the default up
-    # to float rounding only, so off by default
+    # CPU: GN-LeNet's first convolution, and its GroupNorm, max pooling and ReLU, as compiled
+    # kernels (compute/fused.py; needs a C++ compiler, else a warning and the torch ops).
+    # Faster; equal to the default up to float rounding only, so off by default
     fused: bool = False
     # simulator memory: once the messages waiting in the network exceed this many MB (as sent),
     # the payloads of further sends wait in a temporary file under TMPDIR and are read back at
