@@ -323,6 +323,10 @@ class DeployConfig(Section):
     # latency: netem in the kernel; transport: each frame held latency[i, j] in the sender before
     # ZeroMQ (for kernels without sch_netem; ACKs are not delayed); auto: netem if present
     emulate_latency: Literal["auto", "netem", "transport", "off"] = "auto"
+    # `--emulate`: net.ipv4.tcp_congestion_control in every node's namespace; "system": what the
+    # host uses (new namespaces inherit it). The simulator's autotuned send buffer follows it
+    # while network.tcp_congestion is unset. Without --emulate only "system" is accepted
+    tcp_congestion: Literal["system", "cubic", "bbr", "reno"] = "system"
 
 
 class ExperimentConfig(Section):
