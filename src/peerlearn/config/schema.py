@@ -202,7 +202,8 @@ class NetworkConfig(Section):
     # high-water mark (1) with send_buffer = "deploy" or "autotune", else 0
     send_buffer_frames: Annotated[int, Field(ge=0)] | None = None
     # the deployment hosts' net.ipv4.tcp_congestion_control, which sets how an autotuned
-    # buffer grows (send_buffer = "autotune" or "deploy" only); unset: "cubic", Linux's default
+    # buffer grows (send_buffer = "autotune" or "deploy" only); unset: deploy.tcp_congestion's
+    # algorithm when that is set, else "cubic", Linux's default
     tcp_congestion: Literal["cubic", "bbr"] | None = None
     # Diablo: what two nodes of the same region get (the artifact's file defines no such link)
     intra_region_mbps: PosFloat | None = None
