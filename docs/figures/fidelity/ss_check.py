@@ -41,7 +41,7 @@ def parse(path: Path) -> list[dict]:
             acked = re.search(r" bytes_acked:(\d+)", line)
             got = re.search(r" bytes_received:(\d+)", line)
             tb = re.search(r"[(,]tb(\d+)", line)
-            cc = "bbr" if " bbr " in line else "cubic" if " cubic " in line else None
+            cc = next((name for name in AUTOTUNE if f" {name} " in line), None)
             # a sending socket: it has had more acknowledged than it received (a greeting)
             received = int(got.group(1)) if got else 0
             if acked and tb and cc and int(acked.group(1)) > received:

@@ -173,6 +173,7 @@ OMITTED_AT_DEFAULT = (
     "compute.fused",
     "compute.spill_after_mb",
     "network.send_buffer",
+    "deploy.tcp_congestion",
     "topology.dynamic",
     "dynamics",
     "churn",

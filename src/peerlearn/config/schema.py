@@ -202,7 +202,8 @@ class NetworkConfig(Section):
     # high-water mark (1) with send_buffer = "deploy" or "autotune", else 0
     send_buffer_frames: Annotated[int, Field(ge=0)] | None = None
     # the deployment hosts' net.ipv4.tcp_congestion_control, which sets how an autotuned
-    # buffer grows (send_buffer = "autotune" or "deploy" only); unset: "cubic", Linux's default
+    # buffer grows (send_buffer = "autotune" or "deploy" only); unset: deploy.tcp_congestion's
+    # algorithm when that is set, else "cubic", Linux's default
     tcp_congestion: Literal["cubic", "bbr"] | None = None
     # Diablo: what two nodes of the same region get (the artifact's file defines no such link)
     intra_region_mbps: PosFloat | None = None
@@ -323,6 +324,10 @@ class DeployConfig(Section):
     # latency: netem in the kernel; transport: each frame held latency[i, j] in the sender before
     # ZeroMQ (for kernels without sch_netem; ACKs are not delayed); auto: netem if present
     emulate_latency: Literal["auto", "netem", "transport", "off"] = "auto"
+    # `--emulate`: net.ipv4.tcp_congestion_control in every node's namespace; "system": what the
+    # host uses (new namespaces inherit it). The simulator's autotuned send buffer follows it
+    # while network.tcp_congestion is unset. Without --emulate only "system" is accepted
+    tcp_congestion: Literal["system", "cubic", "bbr", "reno"] = "system"
 
 
 class ExperimentConfig(Section):

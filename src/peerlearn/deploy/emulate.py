@@ -15,6 +15,12 @@ latencies go whole onto the sender's per-destination class. Private per-pair lin
 ``intra_region_mbps``) are per-destination HTB classes chosen by u32 filters on the destination
 address. Links shared by several pairs cannot be expressed with per-node queues and are refused.
 
+``deploy.tcp_congestion`` sets TCP's congestion control in every node namespace: the
+namespace's ``net.ipv4.tcp_congestion_control`` (per namespace since Linux 4.15) when the kernel
+lets a namespace take that algorithm as its default (it is in the host's
+``tcp_allowed_congestion_control``), else the ``congctl`` metric of the namespace's subnet
+route, which has no such restriction. Either way nothing outside the namespaces changes.
+
 The prefix is ``pl<launcher pid>``, so leftovers of a dead launcher are recognisable and
 ``peerlearn emulate-cleanup`` can remove them.
 """
@@ -31,6 +37,7 @@ import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -69,6 +76,57 @@ def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and proc.returncode != 0:
         raise DeployError(f"{' '.join(cmd)}: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc
+
+
+#: a namespace's default congestion control, per namespace since Linux 4.15
+CONGESTION_SYSCTL = "net.ipv4.tcp_congestion_control"
+_PROC_IPV4 = Path("/proc/sys/net/ipv4")
+
+
+def congestion_controls(kind: str) -> list[str]:
+    """The kernel's ``tcp_<kind>_congestion_control``: ``available`` (loaded algorithms),
+    ``allowed`` (those a namespace may take as default) or ``congestion`` (the host's default,
+    a list of one); empty when unreadable."""
+    name = "tcp_congestion_control" if kind == "congestion" else f"tcp_{kind}_congestion_control"
+    try:
+        return (_PROC_IPV4 / name).read_text().split()
+    except OSError:
+        return []
+
+
+def check_congestion(name: str) -> None:
+    """DeployError (one line) unless ``deploy.tcp_congestion = name`` can be applied here."""
+    if name == "system":
+        return
+    available = congestion_controls("available")
+    if name not in available:
+        raise DeployError(
+            f"deploy.tcp_congestion = {name!r} is not in this kernel's "
+            f"net.ipv4.tcp_available_congestion_control ({' '.join(available) or 'unreadable'}); "
+            f"load it (modprobe tcp_{name}) or use one of those"
+        )
+
+
+def set_congestion(ns: str, name: str, route: str, allowed: list[str]) -> str:
+    """Make new TCP connections in namespace ``ns`` use ``name``, and check that they will.
+
+    ``route`` is the namespace's subnet route (``"<subnet> dev eth0 ... src <address>"``);
+    ``allowed`` the host's ``tcp_allowed_congestion_control``. Returns how it was set:
+    ``"sysctl"`` or ``"route"``."""
+    if name in allowed:
+        _run("ip", "netns", "exec", ns, "sysctl", "-w", f"{CONGESTION_SYSCTL}={name}")
+        out = _run("ip", "netns", "exec", ns, "sysctl", "-n", CONGESTION_SYSCTL).stdout
+        got, how = out.strip(), "sysctl"
+    else:
+        # Linux refuses a namespace default outside the allowed list (EPERM) unless the host's
+        # list is widened; a route metric picks the algorithm per connection without that
+        _run("ip", "-n", ns, "route", "replace", *route.split(), "congctl", name)
+        out = _run("ip", "-n", ns, "route", "show", route.split()[0]).stdout.split()
+        got = out[out.index("congctl") + 1] if "congctl" in out else "(none)"
+        how = "route"
+    if got != name:
+        raise DeployError(f"{ns}: TCP congestion control set by {how} to {name!r} reads {got!r}")
+    return how
 
 
 def list_namespaces() -> list[str]:
@@ -247,6 +305,7 @@ class EmulatedNetwork:
         subnet: str = "10.213.0.0/16",
         prefix: str | None = None,
         latency: str = "auto",
+        tcp_congestion: str = "system",
     ) -> None:
         check_available()
         net = ipaddress.ip_network(subnet)
@@ -260,6 +319,9 @@ class EmulatedNetwork:
         self.prefixlen = net.prefixlen
         self.plan: LinkPlan | None = None
         self.latency = latency  # resolved by up(): netem, transport or off
+        self.subnet = str(net)
+        self.tcp_congestion = tcp_congestion  # "system" or an algorithm, set by up()
+        self.congestion_set = "inherited"  # up(): "sysctl" or "route" when it sets one
         self._up = False
 
     def up(self) -> LinkPlan:
@@ -269,6 +331,8 @@ class EmulatedNetwork:
             raise DeployError(
                 f"namespaces {existing[:3]} already exist (run `peerlearn emulate-cleanup`)"
             )
+        check_congestion(self.tcp_congestion)
+        allowed = congestion_controls("allowed")
         plan = self._plan()
         self._up = True
         atexit.register(self.down)
@@ -287,6 +351,10 @@ class EmulatedNetwork:
                 _run("ip", "-n", ns, "link", "set", "eth0", "up")
                 _run("ip", "-n", ns, "link", "set", "lo", "up")
                 _tc_batch(ns, plan.node[i])
+                if self.tcp_congestion != "system":
+                    src = self.addresses[i]
+                    route = f"{self.subnet} dev eth0 proto kernel scope link src {src}"
+                    self.congestion_set = set_congestion(ns, self.tcp_congestion, route, allowed)
             _tc_batch(br, [line for lines in plan.bridge for line in lines])
         except BaseException:
             self.down()
@@ -330,7 +398,15 @@ class EmulatedNetwork:
             "latency_split": plan.latency_split if plan else None,
             "notes": plan.notes if plan else [],
             "network": self.spec.description,
+            "tcp_congestion": self.congestion(),
+            "tcp_congestion_set": self.congestion_set,
         }
+
+    def congestion(self) -> str:
+        """The congestion control the nodes' connections use (``"system"``: the host's)."""
+        if self.tcp_congestion != "system":
+            return self.tcp_congestion
+        return " ".join(congestion_controls("congestion")) or "unknown"
 
     def down(self) -> None:
         """Kill what still runs inside, delete the namespaces (their interfaces go with them)."""

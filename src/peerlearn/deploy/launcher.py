@@ -31,6 +31,7 @@ from peerlearn.deploy.capacity import plan_processes
 from peerlearn.deploy.emulate import (
     EmulatedNetwork,
     check_available,
+    check_congestion,
     netem_available,
     network_spec,
     plan_links,
@@ -449,8 +450,14 @@ def deploy_experiment(
         if not quiet:
             print(message, file=sys.stderr)
 
+    if cfg.deploy.tcp_congestion != "system" and not cfg.deploy.emulate:
+        raise DeployError(
+            f"deploy.tcp_congestion = {cfg.deploy.tcp_congestion!r} needs --emulate (it is set "
+            "in each node's namespace; without them it would change the host's); use 'system'"
+        )
     if cfg.deploy.emulate:  # before anything is created
         check_available()
+        check_congestion(cfg.deploy.tcp_congestion)
         if cfg.deploy.nodes_per_process not in (None, 1):
             raise DeployError("--emulate needs deploy.nodes_per_process = 1 (a namespace per node)")
         plan_links(network_spec(cfg), [""] * cfg.nodes, netem=False)  # refuses shared links
@@ -479,13 +486,17 @@ def _deploy_emulated(
     """
     spec = network_spec(cfg)
     net = EmulatedNetwork(
-        spec, subnet=cfg.deploy.emulate_subnet, latency=cfg.deploy.emulate_latency
+        spec,
+        subnet=cfg.deploy.emulate_subnet,
+        latency=cfg.deploy.emulate_latency,
+        tcp_congestion=cfg.deploy.tcp_congestion,
     )
     try:
         plan = net.up()
         for note in plan.notes:
             log(f"emulation: {note}")
         log(f"emulation: {cfg.nodes} namespaces {net.prefix}-*, {spec.description}")
+        log(f"emulation: TCP congestion control {net.congestion()} ({net.congestion_set})")
         (run_dir / "emulation.json").write_text(json.dumps(net.describe(), indent=2) + "\n")
         # the nodes read the resolved latency mode (transport: they hold frames themselves)
         deploy = cfg.deploy.model_copy(update={"emulate_latency": net.latency})

@@ -97,8 +97,13 @@ class Autotune:
         return self.writable * self.sndbuf(acked, path_segments)
 
 
-#: per congestion control (net.ipv4.tcp_congestion_control): Linux's default and BBR
-AUTOTUNE = {"cubic": Autotune(expand=2, cwnd_gain=1.0), "bbr": Autotune(expand=3, cwnd_gain=2.0)}
+#: per congestion control (net.ipv4.tcp_congestion_control): Linux's default, BBR, and Reno
+#: (loss-based and without its own ``sndbuf_expand``, as CUBIC)
+AUTOTUNE = {
+    "cubic": Autotune(expand=2, cwnd_gain=1.0),
+    "bbr": Autotune(expand=3, cwnd_gain=2.0),
+    "reno": Autotune(expand=2, cwnd_gain=1.0),
+}
 
 #: packets the shaper's queue holds: the HTB leaf's default pfifo takes the device's txqueuelen,
 #: 1000 for the veth pairs of ``peerlearn deploy --emulate`` (deploy/emulate.py)
@@ -148,11 +153,16 @@ def send_buffer_of(network, deploy) -> SendBuffer | None:
 
     ``send_buffer = "deploy"`` sizes it as ``peerlearn deploy`` sets its sockets:
     ``deploy.sndbuf_bytes`` doubled, or Linux's autotuning when it is 0 (as ``"autotune"``),
-    and the DEALER's high-water mark as whole frames.
+    and the DEALER's high-water mark as whole frames. An autotuned buffer grows as
+    ``network.tcp_congestion`` says, or, when that is unset, as the congestion control that
+    ``deploy.tcp_congestion`` gives the emulated namespaces (``"system"``: CUBIC).
     """
     size, frames = network.send_buffer, network.send_buffer_frames
     if size == "autotune" or (size == "deploy" and not deploy.sndbuf_bytes):
-        return autotuned(network.tcp_congestion, frames)
+        congestion = network.tcp_congestion
+        if congestion is None and deploy.tcp_congestion != "system":
+            congestion = deploy.tcp_congestion
+        return autotuned(congestion, frames)
     if size == "deploy":
         kernel = kernel_send_buffer(deploy.sndbuf_bytes)
         return SendBuffer(kernel, DEALER_SNDHWM if frames is None else frames)
