@@ -72,7 +72,9 @@ nodes = 8
     spec = load_sweep(path)
     assert len(spec.runs) == 2 * 2 * 2 * 2
     assert spec.baseline == "swift" and spec.swept_keys == [
-        "train.lr", "train.local_steps", "compute.step_time_s"
+        "train.lr",
+        "train.local_steps",
+        "compute.step_time_s",
     ]
     first = spec.runs[0]
     assert first.label == "divshare-fragments2-lr0p05-local_steps5-step_time_s0p01-s1"
@@ -82,7 +84,7 @@ nodes = 8
     assert len({r.config_hash for r in spec.runs}) == len(spec.runs)
     # the hash depends on the config only: loading again gives the same names
     assert [r.dirname for r in load_sweep(path).runs] == [r.dirname for r in spec.runs]
-    path.write_text(path.read_text().replace("[sweep.zip]", "[sweep.zip]\n\"seed\" = [1, 2]"))
+    path.write_text(path.read_text().replace("[sweep.zip]", '[sweep.zip]\n"seed" = [1, 2]'))
     with pytest.raises(ConfigError, match="seeds"):
         load_sweep(path)
     path.write_text("[sweep]\nbogus = 1\n")
@@ -91,9 +93,7 @@ nodes = 8
 
 
 def _finished(out: Path) -> dict[str, float]:
-    return {
-        p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/summary.json")
-    }
+    return {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/summary.json")}
 
 
 def _numbers(out: Path) -> dict:
@@ -169,8 +169,7 @@ def test_same_sweep_on_ray_matches_the_pool(pool_sweep: Path, tmp_path: Path) ->
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'peerlearn[ray]')")
     out = tmp_path / "ray"
     path = _sweep_file(tmp_path, out)
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     try:
         outcome = run_sweep(load_sweep(path), ray="auto", quiet=True)
     finally:
@@ -188,8 +187,7 @@ def test_failed_run_is_reported_and_sweep_goes_on(tmp_path: Path, capsys) -> Non
         f"""
 [sweep]
 seeds = 1
-set = {json.dumps([*SMALL, "stop.virtual_time_s=1", "data.download=false",
-                   f"data.root='{empty}'"])}
+set = {json.dumps([*SMALL, "stop.virtual_time_s=1", "data.download=false", f"data.root='{empty}'"])}
 out = "{out}"
 [sweep.grid]
 "data.dataset" = ["fashion_mnist", "digits"]
@@ -205,18 +203,34 @@ out = "{out}"
 
 
 def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or (
-        "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+    return (
+        shutil.which("chromium")
+        or shutil.which("chromium-browser")
+        or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
     )
 
 
 def _headless(browser: str, page: Path, tmp: Path, *mode: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--no-first-run", f"--user-data-dir={tmp / 'profile'}", "--window-size=1280,2400",
-         "--enable-logging=stderr", "--v=0", *mode, page.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp / 'profile'}",
+            "--window-size=1280,2400",
+            "--enable-logging=stderr",
+            "--v=0",
+            *mode,
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

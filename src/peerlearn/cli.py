@@ -148,8 +148,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _sweep_args(p: argparse.ArgumentParser, *, seeds: bool) -> None:
     if seeds:
-        p.add_argument("--seeds", help="run every variant under these seeds (1-5 or 1,3,7): "
-                       "a small sweep with mean and 95%% CI over seeds")
+        p.add_argument(
+            "--seeds",
+            help="run every variant under these seeds (1-5 or 1,3,7): "
+            "a small sweep with mean and 95%% CI over seeds",
+        )
     p.add_argument("--jobs", type=int, help="runs at once on this machine (default 1)")
     p.add_argument("--ray", metavar="ADDRESS", help="run on Ray: auto, local or an address")
 

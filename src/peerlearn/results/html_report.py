@@ -125,8 +125,9 @@ def _spread_plot(d: Path, groups: dict[str, list[dict[str, Any]]]) -> str | None
             continue
         color = f"C{k % 10}"
         ax.plot(times, np.mean(means, axis=0), color=color, label=g)
-        ax.fill_between(times, np.mean(lows, axis=0), np.mean(highs, axis=0), color=color,
-                        alpha=0.15)
+        ax.fill_between(
+            times, np.mean(lows, axis=0), np.mean(highs, axis=0), color=color, alpha=0.15
+        )
         drawn = True
     if not drawn:
         plt.close(fig)
@@ -149,10 +150,16 @@ def _table(stats: dict[str, Any]) -> str:
         head += [f"speedup to {t}" for t in targets] + ["final acc ratio"]
     rows = []
     for g, s in stats["groups"].items():
-        cells = [g, str(s["n"]), fmt_ci(s["final"].get("test_acc_mean", {})),
-                 fmt_ci(s["final"].get("test_loss_mean", {}))]
-        for key, scale, budget in (("time_to_target", 1.0, f"{s['budget_s']:g} s"),
-                                   ("bytes_to_target", 1e6, "budget")):
+        cells = [
+            g,
+            str(s["n"]),
+            fmt_ci(s["final"].get("test_acc_mean", {})),
+            fmt_ci(s["final"].get("test_loss_mean", {})),
+        ]
+        for key, scale, budget in (
+            ("time_to_target", 1.0, f"{s['budget_s']:g} s"),
+            ("bytes_to_target", 1e6, "budget"),
+        ):
             for t in targets:
                 e = s.get(key, {}).get(t)
                 if e is None:
@@ -160,8 +167,9 @@ def _table(stats: dict[str, Any]) -> str:
                 elif not e["reached"]:
                     cells.append(f"not reached (&gt; {budget})")
                 else:
-                    scaled = {k: (None if e[k] is None else e[k] / scale)
-                              for k in ("mean", "lo", "hi")}
+                    scaled = {
+                        k: (None if e[k] is None else e[k] / scale) for k in ("mean", "lo", "hi")
+                    }
                     cells.append(html.escape(fmt_target({**e, **scaled}, s["budget_s"])))
         if has_ratio:
             vb = s.get("vs_baseline", {})
@@ -173,9 +181,13 @@ def _table(stats: dict[str, Any]) -> str:
         rows.append(cells)
     out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for cells in rows:
-        out.append("<tr>" + "".join(
-            f"<td>{c if c.startswith('not reached') else html.escape(c)}</td>" for c in cells
-        ) + "</tr>")
+        out.append(
+            "<tr>"
+            + "".join(
+                f"<td>{c if c.startswith('not reached') else html.escape(c)}</td>" for c in cells
+            )
+            + "</tr>"
+        )
     out.append("</table>")
     return "\n".join(out)
 
@@ -189,11 +201,15 @@ def _config_diff(d: Path, groups: dict[str, list[dict[str, Any]]]) -> str:
     differing = [k for k in keys if len({json.dumps(f.get(k)) for f in flat.values()}) > 1]
     if not differing:
         return "<p>All groups share one config (apart from name and seed).</p>"
-    out = ["<table><tr><th>key</th>" + "".join(
-        f"<th>{html.escape(g)}</th>" for g in flat) + "</tr>"]
+    out = [
+        "<table><tr><th>key</th>" + "".join(f"<th>{html.escape(g)}</th>" for g in flat) + "</tr>"
+    ]
     for k in differing:
-        out.append(f"<tr><td>{html.escape(k)}</td>" + "".join(
-            f"<td>{html.escape(json.dumps(f.get(k)))}</td>" for f in flat.values()) + "</tr>")
+        out.append(
+            f"<tr><td>{html.escape(k)}</td>"
+            + "".join(f"<td>{html.escape(json.dumps(f.get(k)))}</td>" for f in flat.values())
+            + "</tr>"
+        )
     out.append("</table>")
     return "\n".join(out)
 
@@ -227,9 +243,11 @@ def render_report(dirs: list[Path]) -> str:
         stats, groups = sw["stats"], sw["groups"]
         name = sw["index"].get("name", d.name)
         parts.append(f"<h2>{html.escape(name)}</h2>")
-        parts.append(f"<p class='note'>{html.escape(str(d))}: {sum(map(len, groups.values()))} "
-                     f"finished runs in {len(groups)} groups; baseline: "
-                     f"{html.escape(str(sw['index'].get('baseline')))}</p>")
+        parts.append(
+            f"<p class='note'>{html.escape(str(d))}: {sum(map(len, groups.values()))} "
+            f"finished runs in {len(groups)} groups; baseline: "
+            f"{html.escape(str(sw['index'].get('baseline')))}</p>"
+        )
         for w in stats.get("warnings", []):
             parts.append(f"<p class='warn'>{html.escape(w)}</p>")
         parts.append("<h3>Comparison</h3>" + _table(stats))
@@ -242,8 +260,11 @@ def render_report(dirs: list[Path]) -> str:
         spread = _spread_plot(d, groups)
         if spread:
             plots.append(spread)
-        parts.append("<h3>Curves</h3><div class='plots'>"
-                     + "".join(f"<div class='plot'>{p}</div>" for p in plots) + "</div>")
+        parts.append(
+            "<h3>Curves</h3><div class='plots'>"
+            + "".join(f"<div class='plot'>{p}</div>" for p in plots)
+            + "</div>"
+        )
         parts.append("<h3>Config differences between groups</h3>" + _config_diff(d, groups))
         parts.append("<h3>Versions</h3>" + _versions(d, groups))
     parts.append("<script>document.body.dataset.ready = 'yes';</script>")

@@ -419,9 +419,7 @@ class Simulator:
                     start=self.models[node].clone(), batches=self.streams[node].take(steps)
                 )
                 self.jobs[node] = _Job(job)
-                done = self.now + training_time(
-                    self.step_time_s, self.compute_factors[node], steps
-                )
+                done = self.now + training_time(self.step_time_s, self.compute_factors[node], steps)
                 self.queue.push(done, (_NODE, node, TrainingDone(steps)))
             case DropPending(before_iteration=before):
                 # what the sender's buffers already hold is not recalled (send_buffer.py;
@@ -537,6 +535,7 @@ class Simulator:
             if p.offset not in unspilled:
                 unspilled[p.offset] = self.spill.get(p)
             return unspilled[p.offset]
+
         return {
             "n": self.n,
             "numel": int(self.models.shape[1]),
