@@ -174,6 +174,7 @@ OMITTED_AT_DEFAULT = (
     "compute.spill_after_mb",
     "network.send_buffer",
     "deploy.tcp_congestion",
+    "deploy.segmentation_offload",
     "topology.dynamic",
     "dynamics",
     "churn",

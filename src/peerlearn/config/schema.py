@@ -328,6 +328,10 @@ class DeployConfig(Section):
     # host uses (new namespaces inherit it). The simulator's autotuned send buffer follows it
     # while network.tcp_congestion is unset. Without --emulate only "system" is accepted
     tcp_congestion: Literal["system", "cubic", "bbr", "reno"] = "system"
+    # `--emulate`: "off" turns GSO/TSO/GRO off on every veth (ethtool), so the shapers' queues,
+    # which count packets, hold single segments rather than super-packets of up to 64 KB;
+    # "system": the kernel's default (on). Without --emulate only "system" is accepted
+    segmentation_offload: Literal["system", "off"] = "system"
 
 
 class ExperimentConfig(Section):

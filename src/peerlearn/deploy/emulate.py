@@ -21,6 +21,10 @@ lets a namespace take that algorithm as its default (it is in the host's
 ``tcp_allowed_congestion_control``), else the ``congctl`` metric of the namespace's subnet
 route, which has no such restriction. Either way nothing outside the namespaces changes.
 
+``deploy.segmentation_offload = "off"`` turns GSO, TSO and GRO off on both ends of every veth
+(``ethtool -K``), so TCP hands the shapers single segments: HTB's leaf queues (1000 packets,
+the veth's ``txqueuelen``) count packets, and with offload a packet can be a 64 KB super-packet.
+
 The prefix is ``pl<launcher pid>``, so leftovers of a dead launcher are recognisable and
 ``peerlearn emulate-cleanup`` can remove them.
 """
@@ -127,6 +131,38 @@ def set_congestion(ns: str, name: str, route: str, allowed: list[str]) -> str:
     if got != name:
         raise DeployError(f"{ns}: TCP congestion control set by {how} to {name!r} reads {got!r}")
     return how
+
+
+#: what ``deploy.segmentation_offload = "off"`` turns off on each veth end, and how ``ethtool -k``
+#: names each feature when it reads them back
+OFFLOAD_FEATURES = {
+    "gso": "generic-segmentation-offload",
+    "tso": "tcp-segmentation-offload",
+    "gro": "generic-receive-offload",
+}
+
+
+def check_offload(setting: str) -> None:
+    """DeployError (one line) unless ``deploy.segmentation_offload = setting`` can be applied."""
+    if setting != "system" and shutil.which("ethtool") is None:
+        raise DeployError(
+            f"deploy.segmentation_offload = {setting!r} needs ethtool (not found on PATH); "
+            "install it or use 'system'"
+        )
+
+
+def offload_off(ns: str, dev: str) -> None:
+    """Turn GSO, TSO and GRO off on ``dev`` in namespace ``ns`` and check that they read off."""
+    prefix = ("ip", "netns", "exec", ns, "ethtool")
+    args = [word for feature in OFFLOAD_FEATURES for word in (feature, "off")]
+    _run(*prefix, "-K", dev, *args)
+    shown: dict[str, str] = {}
+    for line in _run(*prefix, "-k", dev).stdout.splitlines():  # "name: on|off [fixed]"
+        name, _, value = line.partition(":")
+        shown[name.strip()] = value.split()[0] if value.split() else ""
+    still_on = [name for name in OFFLOAD_FEATURES.values() if shown.get(name) != "off"]
+    if still_on:
+        raise DeployError(f"{dev} in {ns}: ethtool still reads {', '.join(still_on)} on")
 
 
 def list_namespaces() -> list[str]:
@@ -306,6 +342,7 @@ class EmulatedNetwork:
         prefix: str | None = None,
         latency: str = "auto",
         tcp_congestion: str = "system",
+        segmentation_offload: str = "system",
     ) -> None:
         check_available()
         net = ipaddress.ip_network(subnet)
@@ -322,6 +359,7 @@ class EmulatedNetwork:
         self.subnet = str(net)
         self.tcp_congestion = tcp_congestion  # "system" or an algorithm, set by up()
         self.congestion_set = "inherited"  # up(): "sysctl" or "route" when it sets one
+        self.segmentation_offload = segmentation_offload  # "system" or "off" (both veth ends)
         self._up = False
 
     def up(self) -> LinkPlan:
@@ -332,6 +370,7 @@ class EmulatedNetwork:
                 f"namespaces {existing[:3]} already exist (run `peerlearn emulate-cleanup`)"
             )
         check_congestion(self.tcp_congestion)
+        check_offload(self.segmentation_offload)
         allowed = congestion_controls("allowed")
         plan = self._plan()
         self._up = True
@@ -350,6 +389,9 @@ class EmulatedNetwork:
                      "dev", "eth0")  # fmt: skip
                 _run("ip", "-n", ns, "link", "set", "eth0", "up")
                 _run("ip", "-n", ns, "link", "set", "lo", "up")
+                if self.segmentation_offload == "off":
+                    offload_off(ns, "eth0")
+                    offload_off(br, f"v{i}")
                 _tc_batch(ns, plan.node[i])
                 if self.tcp_congestion != "system":
                     src = self.addresses[i]
@@ -400,6 +442,7 @@ class EmulatedNetwork:
             "network": self.spec.description,
             "tcp_congestion": self.congestion(),
             "tcp_congestion_set": self.congestion_set,
+            "segmentation_offload": self.segmentation_offload,
         }
 
     def congestion(self) -> str:

@@ -32,6 +32,7 @@ from peerlearn.deploy.emulate import (
     EmulatedNetwork,
     check_available,
     check_congestion,
+    check_offload,
     netem_available,
     network_spec,
     plan_links,
@@ -455,9 +456,16 @@ def deploy_experiment(
             f"deploy.tcp_congestion = {cfg.deploy.tcp_congestion!r} needs --emulate (it is set "
             "in each node's namespace; without them it would change the host's); use 'system'"
         )
+    if cfg.deploy.segmentation_offload != "system" and not cfg.deploy.emulate:
+        raise DeployError(
+            f"deploy.segmentation_offload = {cfg.deploy.segmentation_offload!r} needs --emulate "
+            "(it is set on the emulator's veths; without them it would change the host's); "
+            "use 'system'"
+        )
     if cfg.deploy.emulate:  # before anything is created
         check_available()
         check_congestion(cfg.deploy.tcp_congestion)
+        check_offload(cfg.deploy.segmentation_offload)
         if cfg.deploy.nodes_per_process not in (None, 1):
             raise DeployError("--emulate needs deploy.nodes_per_process = 1 (a namespace per node)")
         plan_links(network_spec(cfg), [""] * cfg.nodes, netem=False)  # refuses shared links
@@ -490,6 +498,7 @@ def _deploy_emulated(
         subnet=cfg.deploy.emulate_subnet,
         latency=cfg.deploy.emulate_latency,
         tcp_congestion=cfg.deploy.tcp_congestion,
+        segmentation_offload=cfg.deploy.segmentation_offload,
     )
     try:
         plan = net.up()
